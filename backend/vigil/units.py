@@ -1,0 +1,136 @@
+"""Time units and conversions: the one place where seconds, milliseconds and strings meet.
+
+Instants are ``*_ms`` (int epoch milliseconds, what Grafana speaks); durations are ``*_s``
+(float seconds, what Prometheus speaks); durations in configuration and request bodies are
+Prometheus duration strings (``"30s"``, ``"7d"``, ``"1h30m"``). Nothing else in the package
+multiplies or divides by 1000.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+
+__all__ = [
+    "parse_duration_s",
+    "format_duration",
+    "parse_instant_ms",
+    "ms_to_s",
+    "s_to_ms",
+    "query_step_s",
+    "iso_from_ms",
+]
+
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration_s(text: str | int | float) -> float:
+    """``"1h30m"`` -> 5400.0. A bare number is seconds. Raises ValueError on anything else."""
+    if isinstance(text, bool):
+        raise ValueError(f"a duration such as '30s' or '7d'; got {text!r}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"a non-negative duration; got {text!r}")
+        return float(text)
+    s = str(text).strip()
+    if not s:
+        raise ValueError("a duration such as '30s' or '7d'; got an empty string")
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a non-negative duration; got {text!r}")
+        return value
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(s):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(f"a duration such as '30s', '5m', '7d' or '1h30m'; got {text!r}")
+    return total
+
+
+def format_duration(duration_s: float) -> str:
+    """5400 -> ``"1h30m"``; the inverse of :func:`parse_duration_s` for whole seconds."""
+    remaining = int(round(duration_s))
+    if remaining == 0:
+        return "0s" if duration_s == 0 else f"{int(round(duration_s * 1000))}ms"
+    parts = []
+    for unit in ("w", "d", "h", "m", "s"):
+        size = int(_UNIT_S[unit])
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def ms_to_s(instant_ms: int | float) -> float:
+    return instant_ms / 1000.0
+
+
+def s_to_ms(instant_s: float) -> int:
+    return int(round(instant_s * 1000.0))
+
+
+# Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138;
+# 1e11 ms is 1973), so both forms a user may paste are understood.
+_SECONDS_CEILING = 1e11
+
+
+def parse_instant_ms(value: str | int | float) -> int:
+    """An instant as epoch ms from ISO-8601 text, epoch seconds or epoch milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"a time (ISO-8601 or epoch seconds/ms); got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            if text == "now":
+                return s_to_ms(datetime.now(timezone.utc).timestamp())
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"a time (ISO-8601 or epoch seconds/ms); got {value!r}") from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return s_to_ms(parsed.timestamp())
+    if not math.isfinite(number):
+        raise ValueError(f"a finite time; got {value!r}")
+    return int(round(number)) if abs(number) >= _SECONDS_CEILING else s_to_ms(number)
+
+
+def iso_from_ms(instant_ms: int) -> str:
+    """RFC 3339 text (UTC, ``Z``) for an instant: what Alertmanager wants."""
+    return datetime.fromtimestamp(instant_ms / 1000.0, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def query_step_s(
+    range_s: float,
+    *,
+    interval_ms: float | None = None,
+    max_data_points: int | None = None,
+    min_step_s: float = 1.0,
+    max_points_per_series: int = 11_000,
+) -> float:
+    """The step Grafana would use, bounded so that Prometheus never returns too many points.
+
+    ``max(intervalMs, range / maxDataPoints)``, never below ``min_step_s``, and never so small
+    that one series would have more than ``max_points_per_series`` points. Whole seconds, so
+    that repeated requests land on the same grid (and the same cache entries).
+    """
+    candidates = [min_step_s, range_s / max(max_points_per_series - 1, 1)]
+    if interval_ms:
+        candidates.append(interval_ms / 1000.0)
+    if max_data_points:
+        candidates.append(range_s / max_data_points)
+    return float(max(1, math.ceil(max(candidates))))
