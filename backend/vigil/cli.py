@@ -1,0 +1,64 @@
+"""The ``vigil`` command: one sub-command per component, each defined in its own module.
+
+A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
+lists them, so that ``vigil --help`` is the table of contents and importing one command does not
+import the others (the worker never loads Flask, ``detect`` never loads gunicorn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("vigil.serve", "run the Grafana datasource service under gunicorn"),
+    "worker": ("vigil.worker", "watch the configured jobs: audit, Grafana annotations, Alertmanager alerts"),
+    "check-config": ("vigil.check", "report every problem in a configuration file"),
+    "detect": ("vigil.replay", "score CSV files offline, exactly as the worker would have (a backtest)"),
+    "audit": ("vigil.audit", "list the recorded anomaly episodes and their deliveries"),
+    "ml-sync": ("vigil.grafana_ml", "create or update Grafana Machine Learning forecast jobs for the configured queries"),
+    "demo-workload": ("vigil.demo", "serve demo metrics with anomalies injected on a schedule"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Anomaly detection for Prometheus and Loki, for Grafana.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    argv = sys.argv[1:]
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        # Import only the command being run (and all of them for --help).
+        if name in argv or not argv or argv[0] in ("-h", "--help"):
+            module = _load(module_name)
+            if module is not None:
+                module.add_arguments(command)
+                command.set_defaults(_run=module.run)
+    return parser
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.error(f"'{args.command}' is not available in this installation")
+    return int(run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
