@@ -1,0 +1,108 @@
+"""The real-component fixtures work: Prometheus, node_exporter and Alertmanager answer."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from realstack import Process, backfill, free_port, start_prometheus
+
+pytestmark = pytest.mark.real
+
+ALERTMANAGER_CONFIG = """
+route:
+  receiver: sink
+  group_wait: 1s
+receivers:
+  - name: sink
+"""
+
+
+def _wait_for(predicate, deadline_s: float = 15.0, poll_s: float = 0.2):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(poll_s)
+    raise AssertionError(f"condition not met within {deadline_s}s")
+
+
+def test_free_port_is_bindable():
+    port = free_port()
+    assert 1024 <= port <= 65535
+
+
+def test_node_exporter_serves_metrics(node_exporter: Process):
+    with urllib.request.urlopen(node_exporter.url + "/metrics", timeout=5) as response:
+        body = response.read().decode()
+    assert "node_cpu_seconds_total" in body
+    assert node_exporter.url.startswith("http://127.0.0.1:")
+
+
+def test_prometheus_scrapes_node_exporter(prometheus_factory, node_exporter: Process):
+    prometheus = prometheus_factory(scrape_targets=[("node", f"127.0.0.1:{node_exporter.port}")])
+
+    def scraped():
+        body = prometheus.get_json("/api/v1/query", query='up{job="node"}')
+        result = body["data"]["result"]
+        return result and result[0]["value"][1] == "1"
+
+    _wait_for(scraped)
+
+
+def test_prometheus_stop_and_start_keeps_port_and_data(prometheus_factory):
+    now_s = int(time.time()) // 60 * 60 - 60
+    text = "# TYPE vigil_test_restart gauge\n" + "".join(
+        f'vigil_test_restart{{k="v"}} {i} {now_s - 3600 + i * 60}\n' for i in range(60)
+    ) + "# EOF\n"
+    prometheus = prometheus_factory(openmetrics=text)
+    port = prometheus.port
+    prometheus.stop()
+    assert not prometheus.running
+    with pytest.raises(OSError):
+        urllib.request.urlopen(prometheus.url + "/-/ready", timeout=2)
+    prometheus.start()
+    assert prometheus.port == port and prometheus.running
+    body = prometheus.get_json(
+        "/api/v1/query_range", query="vigil_test_restart", start=now_s - 3600, end=now_s, step=60
+    )
+    values = body["data"]["result"][0]["values"]
+    assert len(values) >= 59
+
+
+def test_prometheus_reload(prometheus_factory):
+    prometheus = prometheus_factory()
+    prometheus.reload()
+    assert prometheus.get_json("/api/v1/status/config")["status"] == "success"
+
+
+def test_backfill_rejects_bad_text(tmp_path):
+    with pytest.raises(RuntimeError, match="promtool"):
+        backfill("not openmetrics at all\n", tmp_path / "tsdb")
+
+
+def test_start_fails_fast_with_log_tail(tmp_path):
+    with pytest.raises(Exception, match="(?s)log tail.*"):
+        start_prometheus(tmp_path, extra_config={"scrape_configs": [{"job_name": 3, "bogus": True}]})
+
+
+def test_alertmanager_accepts_an_alert(alertmanager_factory):
+    alertmanager = alertmanager_factory(ALERTMANAGER_CONFIG)
+    alert = [{"labels": {"alertname": "VigilTestAnomaly", "series": "cpu"},
+              "annotations": {"summary": "planted"}}]
+    request = urllib.request.Request(
+        alertmanager.url + "/api/v2/alerts", data=json.dumps(alert).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+    def listed():
+        alerts = alertmanager.get_json("/api/v2/alerts")
+        return [a for a in alerts if a["labels"].get("alertname") == "VigilTestAnomaly"]
+
+    assert _wait_for(listed)[0]["annotations"]["summary"] == "planted"
