@@ -1,0 +1,132 @@
+"""Adding label matchers to every vector selector of a PromQL expression (ad hoc filters).
+
+A small scanner, not a parser: it knows strings, comments, ``{...}`` matchers, ``[...]`` ranges,
+``by (...)``/``without (...)``/``on (...)``/``ignoring (...)`` label lists, function calls and
+keywords, which is what it takes to find selectors. Values are escaped; names are validated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+__all__ = ["Matcher", "inject_matchers", "format_matcher"]
+
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_OPERATORS = ("=", "!=", "=~", "!~")
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+             "and", "or", "unless", "atan2", "inf", "nan",
+             # aggregation operators may be followed by by/without before their parenthesis
+             "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+             "bottomk", "topk", "quantile", "limitk", "limit_ratio"}
+_LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+
+Matcher = tuple[str, str, str]  # (label, operator, value)
+
+
+def format_matcher(matcher: Matcher) -> str:
+    label, op, value = matcher
+    if not _LABEL.match(label):
+        raise ValueError(f"a label name ([a-zA-Z_][a-zA-Z0-9_]*); got {label!r}")
+    if op not in _OPERATORS:
+        raise ValueError(f"one of {', '.join(_OPERATORS)}; got {op!r}")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'{label}{op}"{escaped}"'
+
+
+def inject_matchers(expr: str, matchers: Iterable[Matcher]) -> str:
+    """``rate(x[5m])`` + ``[("job","=","api")]`` -> ``rate(x{job="api"}[5m])``."""
+    extra = ",".join(format_matcher(m) for m in matchers)
+    if not extra:
+        return expr
+    out: list[str] = []
+    i, n = 0, len(expr)
+    pending_label_list = False
+    while i < n:
+        c = expr[i]
+        if c in "\"'`":
+            j = _skip_string(expr, i)
+            out.append(expr[i:j]); i = j
+            continue
+        if c == "#":
+            j = expr.find("\n", i)
+            j = n if j < 0 else j
+            out.append(expr[i:j]); i = j
+            continue
+        if c == "[":
+            j = expr.find("]", i)
+            j = n if j < 0 else j + 1
+            out.append(expr[i:j]); i = j
+            continue
+        if c == "(" and pending_label_list:
+            j = expr.find(")", i)
+            j = n if j < 0 else j + 1
+            out.append(expr[i:j]); i = j
+            pending_label_list = False
+            continue
+        if c == "{":
+            # A selector without a metric name: {job="x"}
+            j = _skip_braces(expr, i)
+            out.append(_merge(expr[i:j], extra)); i = j
+            continue
+        m = _IDENT.match(expr, i)
+        if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_.")):
+            word = m.group(0)
+            j = m.end()
+            k = j
+            while k < n and expr[k] in " \t\n":
+                k += 1
+            lowered = word.lower()
+            if lowered in _LABEL_LIST_KEYWORDS:
+                pending_label_list = True
+                out.append(word); i = j
+                continue
+            if lowered in _KEYWORDS or (k < n and expr[k] == "("):
+                out.append(word); i = j
+                continue
+            if k < n and expr[k] == "{":
+                end = _skip_braces(expr, k)
+                out.append(word + _merge(expr[k:end], extra)); i = end
+                continue
+            out.append(word + "{" + extra + "}"); i = j
+            continue
+        if c.isdigit() or c == ".":
+            # numbers and durations such as 5m, 1.5e3
+            j = i
+            while j < n and (expr[j].isalnum() or expr[j] in "._"):
+                j += 1
+            out.append(expr[i:j]); i = j
+            continue
+        out.append(c); i += 1
+    return "".join(out)
+
+
+def _merge(braces: str, extra: str) -> str:
+    inner = braces[1:-1].strip().rstrip(",")
+    return "{" + (inner + "," if inner else "") + extra + "}"
+
+
+def _skip_string(text: str, i: int) -> int:
+    quote = text[i]
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\" and quote != "`":
+            j += 2
+            continue
+        if text[j] == quote:
+            return j + 1
+        j += 1
+    return len(text)
+
+
+def _skip_braces(text: str, i: int) -> int:
+    j = i + 1
+    while j < len(text):
+        if text[j] in "\"'`":
+            j = _skip_string(text, j)
+            continue
+        if text[j] == "}":
+            return j + 1
+        j += 1
+    return len(text)
