@@ -1,0 +1,117 @@
+"""The Grafana sink: one region annotation per anomaly episode, through ``grafana-client``.
+
+Owns the annotation's shape (region ``time``/``timeEnd`` in epoch ms, tags, text) and the
+idempotent create: every annotation carries the tag ``vigil_episode:<episode id>`` and, before
+creating one, the sink looks for an existing annotation with that tag. A worker killed between
+Grafana's 200 and our commit of the id therefore never makes a second annotation.
+
+Must not: decide when to deliver (that is ``outbox.py``) or log the token (it lives in a
+``Secret`` and in the client's auth object only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .audit import StoredEpisode
+from .config import GrafanaSettings, JobSettings
+from .units import iso_from_ms
+
+__all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag", "format_value"]
+
+#: Tag prefix that makes an annotation findable by episode.
+EPISODE_TAG = "vigil_episode"
+
+
+def episode_tag(episode_id: str) -> str:
+    return f"{EPISODE_TAG}:{episode_id}"
+
+
+def format_value(value: float | None, unit: str | None = None) -> str:
+    """``0.8734`` -> ``'0.8734'``; ``12345678`` with unit ``bytes`` -> ``'1.235e+07 bytes'``."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.4g}"
+    return f"{text} {unit}" if unit else text
+
+
+def annotation_tags(episode: StoredEpisode, job: JobSettings | None = None) -> list[str]:
+    """``anomaly``, the job name, ``k:v`` per series label, ``severity:<s>``, ``vigil_episode:<id>``."""
+    tags = ["anomaly", episode.job]
+    tags += [f"{k}:{v}" for k, v in sorted(episode.labels.items()) if v != ""]
+    tags += [f"{k}:{v}" for k, v in sorted((job.labels if job else {}).items())]
+    tags += [f"severity:{episode.severity}", episode_tag(episode.id)]
+    seen: set[str] = set()
+    return [t for t in tags if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
+
+
+def annotation_text(episode: StoredEpisode) -> str:
+    """What a person reads on hover: why, how bad, what was expected, by which model."""
+    state = "ongoing" if episode.end_ms is None else f"ended {iso_from_ms(episode.end_ms)}"
+    band = (f"expected {format_value(episode.yhat, episode.unit)} in "
+            f"[{format_value(episode.yhat_lower, episode.unit)}, {format_value(episode.yhat_upper, episode.unit)}]")
+    lines = [
+        f"Anomaly in {episode.job}: {episode.series_key or '(no labels)'}",
+        episode.reason or "values outside the expected band",
+        (f"Peak anomaly score {episode.peak_score:.2f} at {iso_from_ms(episode.peak_ms)}: value "
+         f"{format_value(episode.peak_value, episode.unit)}, {band}."),
+        f"Model {episode.model or 'n/a'}; {state}; episode {episode.id}.",
+    ]
+    return "\n".join(lines)
+
+
+class GrafanaSink:
+    """Writes annotations to one Grafana organisation with a service-account token."""
+
+    name = "grafana"
+
+    def __init__(self, settings: GrafanaSettings, *, api: Any = None) -> None:
+        if not settings.url:
+            raise ValueError("The 'url' parameter of GrafanaSink must be set. Got None instead.")
+        self.settings = settings
+        if api is None:
+            from grafana_client import GrafanaApi, TokenAuth
+
+            credential = TokenAuth(str(settings.token)) if settings.token else None
+            api = GrafanaApi.from_url(settings.url, credential=credential, timeout=settings.request_timeout_s)
+        self.api = api
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"GrafanaSink(url={self.settings.url!r})"
+
+    def region(self, episode: StoredEpisode) -> tuple[int, int]:
+        end = episode.end_ms if episode.end_ms is not None else episode.last_ms
+        return int(episode.start_ms), int(max(end, episode.start_ms))
+
+    def find(self, episode: StoredEpisode) -> int | None:
+        """The id of the annotation already made for this episode, if any."""
+        found = self.api.annotations.find_annotations(tags=[episode_tag(episode.id)], ann_type="annotation", limit=10)
+        for item in found or []:
+            if episode_tag(episode.id) in (item.get("tags") or []):
+                return int(item["id"])
+        return None
+
+    def create(self, episode: StoredEpisode, job: JobSettings | None) -> int:
+        time_ms, time_end_ms = self.region(episode)
+        answer = self.api.annotations.add_annotation(
+            dashboard_uid=job.dashboard_uid if job else None,
+            panel_id=job.panel_id if job and job.dashboard_uid else None,
+            time_from=time_ms, time_to=time_end_ms,
+            tags=annotation_tags(episode, job), text=annotation_text(episode),
+        )
+        return int(answer["id"])
+
+    def find_or_create(self, episode: StoredEpisode, job: JobSettings | None) -> tuple[int, bool]:
+        """``(annotation id, created)``: looks for the episode's tag first (idempotence)."""
+        existing = self.find(episode)
+        if existing is not None:
+            return existing, False
+        return self.create(episode, job), True
+
+    def update(self, annotation_id: int, episode: StoredEpisode, job: JobSettings | None) -> None:
+        """PATCH the region, text and tags (all of them: a PATCH with empty tags would wipe them)."""
+        time_ms, time_end_ms = self.region(episode)
+        self.api.annotations.partial_update_annotation(
+            annotation_id, time_from=time_ms, time_to=time_end_ms,
+            tags=annotation_tags(episode, job), text=annotation_text(episode),
+        )

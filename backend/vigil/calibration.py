@@ -1,0 +1,66 @@
+"""Placing ``anomaly_score == 1.0``: a threshold on a detector's raw scores at a target false-alarm rate.
+
+Training scores are the calibration set. Rates as low as one alarm per series per week (about
+1e-4 per point at a 60 s step) lie beyond the largest training score, so the far tail is
+extrapolated with a peaks-over-threshold fit (an exponential tail over the top few percent, as in
+SPOT, Siffer et al., KDD 2017). An exponential tail is conservative for light-tailed noise:
+Gaussian noise gets a slightly higher threshold than its true quantile, never a lower one.
+
+Also owns the mapping from a sensitivity word to that rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import SENSITIVITIES
+
+__all__ = ["pot_threshold", "false_alarm_rate", "SECONDS_PER_WEEK"]
+
+SECONDS_PER_WEEK = 7 * 86400.0
+
+
+def false_alarm_rate(sensitivity: str, step_s: float) -> float:
+    """Per-point rate for a sensitivity word: ``medium`` aims at one false alarm per series per week."""
+    try:
+        per_week = SENSITIVITIES[sensitivity]
+    except KeyError:
+        raise ValueError(f"The 'sensitivity' parameter must be one of {', '.join(SENSITIVITIES)}. "
+                         f"Got {sensitivity!r} instead.") from None
+    return min(0.05, per_week * max(step_s, 1.0) / SECONDS_PER_WEEK)
+
+
+def pot_threshold(scores: np.ndarray, alpha: float, *, tail_fraction: float = 0.05,
+                  floor: float | None = None) -> float:
+    """The score exceeded with probability ``alpha`` under the training distribution.
+
+    ``scores`` are raw training scores (higher is more anomalous; NaN ignored). ``floor`` is a
+    domain minimum (e.g. 3 spreads for a residual z), applied last.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"The 'alpha' parameter of pot_threshold must be in (0, 1). Got {alpha!r} instead.")
+    s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
+    n = s.size
+    if n == 0:
+        return float(floor) if floor is not None else math.inf
+    # Take the tail from at least 10 points, so small training sets still get a fit.
+    k = int(max(min(10, n), round(n * tail_fraction)))
+    k = min(k, n)
+    u = s[n - k - 1] if n > k else s[0]
+    p_u = k / n
+    if alpha >= p_u:
+        threshold = float(np.quantile(s, 1.0 - alpha))
+    else:
+        excess = s[n - k:] - u
+        beta = float(np.mean(excess))
+        if beta <= 0:
+            # A flat tail (quantised or constant scores): any value beyond it is already rare.
+            spread = float(s[-1] - s[0]) or (abs(float(s[-1])) * 0.01 or 1e-9)
+            threshold = float(s[-1]) + 0.1 * spread
+        else:
+            threshold = float(u + beta * math.log(p_u / alpha))
+    if floor is not None:
+        threshold = max(threshold, floor)
+    return threshold

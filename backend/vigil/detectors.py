@@ -1,0 +1,63 @@
+"""The detector registry: short aliases to models, and cold start.
+
+``make_detector(alias, ...)`` builds an unfitted detector; ``fit_detector`` fits the one the
+history allows: a series with less than ``min_learned_points`` of history is scored by the
+seasonal baseline until it has enough (the name then says so). Every detector returns
+:class:`~vigil.baseline.Scores` with ``anomaly_score >= 1`` meaning anomalous.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .baseline import Scores, SeasonalBaseline
+from .config import MODELS
+from .learned import IsolationForestDetector, OneClassSVMDetector
+
+__all__ = ["Detector", "Scores", "make_detector", "fit_detector", "DEFAULT_MODEL", "MIN_LEARNED_POINTS"]
+
+#: What ``auto`` means: the model our quality benchmark ranks first at default settings.
+DEFAULT_MODEL = "iforest"
+#: Below this many training points a learned model falls back to the baseline (cold start).
+MIN_LEARNED_POINTS = 288
+
+
+class Detector(Protocol):
+    name: str
+    band_z_: float
+
+    def fit(self, times_ms: np.ndarray, values: np.ndarray) -> "Detector": ...
+    def score(self, times_ms: np.ndarray, values: np.ndarray) -> Scores: ...
+    def spread_at(self, time_ms: int) -> float: ...
+    def context(self, time_ms: int) -> str: ...
+
+
+_REGISTRY: dict[str, Callable[..., Detector]] = {
+    "seasonal": SeasonalBaseline,
+    "iforest": IsolationForestDetector,
+    "ocsvm": OneClassSVMDetector,
+}
+assert set(_REGISTRY) | {"auto"} == set(MODELS)
+
+
+def make_detector(model: str = "auto", *, sensitivity: str = "medium", step_s: float = 60.0) -> Detector:
+    alias = DEFAULT_MODEL if model == "auto" else model
+    try:
+        factory = _REGISTRY[alias]
+    except KeyError:
+        raise ValueError(f"The 'model' parameter must be one of {', '.join(MODELS)}. Got {model!r} instead.") from None
+    return factory(sensitivity=sensitivity, step_s=step_s)
+
+
+def fit_detector(model: str, times_ms: np.ndarray, values: np.ndarray, *, sensitivity: str = "medium",
+                 step_s: float = 60.0, min_learned_points: int = MIN_LEARNED_POINTS) -> Detector:
+    """Fit ``model`` on the history, or the baseline when the history is too short for it."""
+    detector = make_detector(model, sensitivity=sensitivity, step_s=step_s)
+    n_finite = int(np.isfinite(np.asarray(values, dtype=np.float64)).sum())
+    if detector.name != "seasonal" and n_finite < min_learned_points:
+        baseline = SeasonalBaseline(sensitivity=sensitivity, step_s=step_s).fit(times_ms, values)
+        baseline.name = f"seasonal (cold start; {detector.name} after {min_learned_points} points)"
+        return baseline
+    return detector.fit(times_ms, values)

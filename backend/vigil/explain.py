@@ -1,0 +1,47 @@
+"""A short reason a person can act on, for each episode.
+
+``"0.81 is 4.3x the usual spread above the expected 0.33 for Tuesday 14:00 UTC (band 0.21-0.45)"``.
+Values are formatted with the series' unit where it is known.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .episodes import Episode
+
+__all__ = ["explain", "format_value"]
+
+
+def format_value(value: float, unit: str | None = None) -> str:
+    if value != value:
+        return "no data"
+    if math.isinf(value):
+        return "infinite"
+    if unit == "percentunit":
+        return f"{value * 100:.3g}%"
+    if unit == "bytes":
+        size = abs(value)
+        for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if size >= scale:
+                return f"{value / scale:.3g} {suffix}"
+        return f"{value:.0f} B"
+    if unit == "s":
+        return f"{value * 1000:.3g} ms" if abs(value) < 1 else f"{value:.3g} s"
+    suffix = {"reqps": " req/s"}.get(unit or "", "")
+    return f"{value:.3g}{suffix}"
+
+
+def explain(episode: Episode, detector, *, unit: str | None = None, series: str | None = None) -> str:
+    """The reason for one episode, from its peak and the detector that scored it."""
+    value, expected = episode.peak_value, episode.yhat
+    spread = detector.spread_at(episode.peak_ms)
+    direction = "above" if value >= expected else "below"
+    ratio = abs(value - expected) / spread if spread > 0 else math.inf
+    context = detector.context(episode.peak_ms)
+    ratio_text = f"{ratio:.1f}x" if math.isfinite(ratio) and ratio < 1000 else "far beyond"
+    text = (f"{format_value(value, unit)} is {ratio_text} the usual spread {direction} the expected "
+            f"{format_value(expected, unit)}{' ' + context if context else ''} "
+            f"(band {format_value(episode.yhat_lower, unit)} to {format_value(episode.yhat_upper, unit)}; "
+            f"score {episode.peak_score:.2f}, model {detector.name})")
+    return f"{series}: {text}" if series else text
