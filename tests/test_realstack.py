@@ -6,6 +6,7 @@ import json
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from realstack import Process, backfill, free_port, start_prometheus
@@ -106,3 +107,38 @@ def test_alertmanager_accepts_an_alert(alertmanager_factory):
         return [a for a in alerts if a["labels"].get("alertname") == "VigilTestAnomaly"]
 
     assert _wait_for(listed)[0]["annotations"]["summary"] == "planted"
+
+
+def test_seeded_prometheus_serves_planted_history(seeded_prometheus):
+    seeded = seeded_prometheus
+    assert seeded.events_ms["spiky"] and seeded.events_ms["shifted"] and not seeded.events_ms["quiet"]
+    for start_ms, end_ms in seeded.events_ms["spiky"] + seeded.events_ms["shifted"]:
+        assert seeded.end_ms - 6 * 3600_000 <= start_ms <= end_ms <= seeded.end_ms
+    # The last 11,000 points at 60 s cover the whole 7 days.
+    body = seeded.process.get_json(
+        "/api/v1/query_range", query=f'{seeded.metric}{{job="{seeded.job}"}}',
+        start=seeded.start_ms / 1000, end=seeded.end_ms / 1000, step=seeded.step_s,
+    )
+    assert body["status"] == "success"
+    by_instance = {r["metric"]["instance"]: r["values"] for r in body["data"]["result"]}
+    assert set(by_instance) == {"spiky", "shifted", "quiet"}
+    for instance, values in by_instance.items():
+        planted = seeded.series[instance]
+        assert len(values) == len(planted.times_ms) == 7 * 1440
+        got = [float(v) for _, v in values]
+        assert got == pytest.approx(planted.values.tolist())
+    # The spike is where the ground truth says.
+    start_ms, end_ms = seeded.events_ms["spiky"][0]
+    spiky = seeded.series["spiky"]
+    inside = spiky.values[(spiky.times_ms >= start_ms) & (spiky.times_ms <= end_ms)]
+    assert inside.min() > np.median(spiky.values)
+
+
+def test_seeded_prometheus_scrapes_node_exporter(seeded_prometheus):
+    def scraped():
+        body = seeded_prometheus.process.get_json(
+            "/api/v1/query", query=f'count(node_cpu_seconds_total{{job="{seeded_prometheus.node_job}"}})'
+        )
+        return body["data"]["result"]
+
+    assert float(_wait_for(scraped)[0]["value"][1]) >= 1
