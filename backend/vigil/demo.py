@@ -121,27 +121,29 @@ class Workload:
         shape = 0.5 - 0.38 * np.cos(phase) + 0.1 * np.sin(2.0 * phase) - 0.04 * np.cos(3.0 * phase)
         return np.clip(shape, 0.05, 1.0)
 
-    def schedule(self, start_s: float, end_s: float) -> list[Anomaly]:
-        """Every anomaly overlapping ``[start_s, end_s)``, in start order."""
-        names = self.instance_names
-        metrics = list(METRICS)
+    def slot(self, slot: int) -> Anomaly:
+        """The anomaly of slot ``slot`` (time ``[slot, slot + 1) * anomaly_every_s``).
+
+        It starts 10-40 % into its slot and lasts 25-50 % of it, so it ends inside its slot:
+        anomalies never overlap and come in slot order.
+        """
+        rng = np.random.default_rng([self.seed, slot & 0x7FFFFFFF])
         kinds = list(KINDS)
         weights = np.array([KINDS[k] for k in kinds]) / sum(KINDS.values())
-        out = []
-        first = int(math.floor(start_s / self.anomaly_every_s)) - 1
-        last = int(math.floor(end_s / self.anomaly_every_s))
-        for slot in range(first, last + 1):
-            rng = np.random.default_rng([self.seed, slot & 0x7FFFFFFF])
-            kind = kinds[int(rng.choice(len(kinds), p=weights))]
-            metric = "demo_errors_total" if kind == "error_burst" else metrics[int(rng.integers(0, 3))]
-            instance = names[int(rng.integers(0, len(names)))]
-            begin = slot * self.anomaly_every_s + rng.uniform(0.1, 0.4) * self.anomaly_every_s
-            length = rng.uniform(0.25, 0.5) * self.anomaly_every_s
-            factor = {"spike": rng.uniform(1.8, 2.6), "level_shift": rng.uniform(1.35, 1.6),
-                      "drop": rng.uniform(0.05, 0.3), "stuck": 1.0, "error_burst": rng.uniform(12, 25)}[kind]
-            if begin < end_s and begin + length > start_s:
-                out.append(Anomaly(begin, begin + length, instance, metric, kind, float(factor)))
-        return out
+        kind = kinds[int(rng.choice(len(kinds), p=weights))]
+        metric = "demo_errors_total" if kind == "error_burst" else list(METRICS)[int(rng.integers(0, 3))]
+        instance = self.instance_names[int(rng.integers(0, self.instances))]
+        begin = (slot + rng.uniform(0.1, 0.4)) * self.anomaly_every_s
+        length = rng.uniform(0.25, 0.5) * self.anomaly_every_s
+        factor = {"spike": rng.uniform(1.8, 2.6), "level_shift": rng.uniform(1.35, 1.6),
+                  "drop": rng.uniform(0.05, 0.3), "stuck": 1.0, "error_burst": rng.uniform(12, 25)}[kind]
+        return Anomaly(begin, begin + length, instance, metric, kind, float(factor))
+
+    def schedule(self, start_s: float, end_s: float) -> list[Anomaly]:
+        """Every anomaly overlapping ``[start_s, end_s)``, in start order."""
+        first = math.floor(start_s / self.anomaly_every_s)
+        last = math.floor(end_s / self.anomaly_every_s)
+        return [a for a in map(self.slot, range(first, last + 1)) if a.start_s < end_s and a.end_s > start_s]
 
     # -- values -----------------------------------------------------------------------------
 
@@ -179,26 +181,27 @@ class Workload:
                     out[inside] = np.minimum(out[inside], 0.99)
         return out
 
-    def _errors(self, index: int, t_s: np.ndarray, anomalies: Sequence[Anomaly]) -> np.ndarray:
+    def error_rate(self, index: int, seconds: np.ndarray) -> np.ndarray:
+        """Errors per second of instance ``index`` during each whole second in ``seconds``."""
+        grid = np.asarray(seconds, dtype=np.float64)
+        anomalies = self.schedule(float(grid.min()), float(grid.max()) + 1) if grid.size else []
+        return self._apply("demo_errors_total", index, grid, self._normal("demo_errors_total", index, grid), anomalies)
+
+    def _errors(self, index: int, t_s: np.ndarray) -> np.ndarray:
         """The counter at each instant: whole errors since the start of that instant's UTC week."""
-        t = np.asarray(t_s, dtype=np.float64)
-        lo = math.floor(float(t.min()) / _WEEK_S) * _WEEK_S
-        grid = np.arange(lo, math.floor(float(t.max())) + 1, dtype=np.float64)
-        rate = self._apply("demo_errors_total", index, grid,
-                           self._normal("demo_errors_total", index, grid), anomalies)
-        total = np.concatenate([[0.0], np.cumsum(rate)])  # total[k] = errors in [lo, lo + k)
-        at = np.floor(t).astype(np.int64) - int(lo)
-        week_start = (np.floor(t / _WEEK_S) * _WEEK_S).astype(np.int64) - int(lo)
+        lo = math.floor(float(t_s.min()) / _WEEK_S) * _WEEK_S
+        grid = np.arange(lo, math.floor(float(t_s.max())) + 1, dtype=np.float64)
+        total = np.concatenate([[0.0], np.cumsum(self.error_rate(index, grid))])  # total[k]: errors in [lo, lo+k)
+        at = np.floor(t_s).astype(np.int64) - int(lo)
+        week_start = (np.floor(t_s / _WEEK_S) * _WEEK_S).astype(np.int64) - int(lo)
         return np.floor(total[at] - total[week_start])
 
     def values(self, metric: str, t_s: np.ndarray) -> dict[str, np.ndarray]:
         """``{instance: values}`` of ``metric`` at instants ``t_s`` (seconds)."""
         t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
-        anomalies = self.schedule(float(t.min()), float(t.max()) + 1)
         if metric == "demo_errors_total":
-            span_start = math.floor(float(t.min()) / _WEEK_S) * _WEEK_S
-            anomalies = self.schedule(span_start, float(t.max()) + 1)
-            return {name: self._errors(i, t, anomalies) for i, name in enumerate(self.instance_names)}
+            return {name: self._errors(i, t) for i, name in enumerate(self.instance_names)}
+        anomalies = self.schedule(float(t.min()), float(t.max()) + 1)
         return {name: self._apply(metric, i, t, self._normal(metric, i, t), anomalies)
                 for i, name in enumerate(self.instance_names)}
 
@@ -222,15 +225,22 @@ class Workload:
         families.append(("demo_anomaly_injected", _merge_same_labels(truth)))
         return to_openmetrics(families)
 
-    def exposition(self, now_s: float) -> str:
-        """The Prometheus text format of every metric at ``now_s`` (what ``/metrics`` serves)."""
+    def exposition(self, now_s: float, errors: "ErrorCounter | None" = None) -> str:
+        """The Prometheus text format of every metric at ``now_s`` (what ``/metrics`` serves).
+
+        ``errors`` carries the counter between scrapes (integrating a week per scrape is slow).
+        """
         lines = []
         t = np.array([now_s])
         for metric, help_text in METRICS.items():
             kind = "counter" if metric.endswith("_total") else "gauge"
             lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-            for name, values in self.values(metric, t).items():
-                lines.append(f'{metric}{{instance="{name}"}} {float(values[0])!r}')
+            if metric == "demo_errors_total" and errors is not None:
+                values = dict(zip(self.instance_names, errors.at(now_s)))
+            else:
+                values = {name: float(v[0]) for name, v in self.values(metric, t).items()}
+            for name, value in values.items():
+                lines.append(f'{metric}{{instance="{name}"}} {float(value)!r}')
         lines += ["# HELP demo_anomaly_injected 1 while an anomaly is injected into a series.",
                   "# TYPE demo_anomaly_injected gauge"]
         for a in self.schedule(now_s, now_s + 1e-3):
@@ -238,6 +248,30 @@ class Workload:
                 lines.append(f'demo_anomaly_injected{{instance="{a.instance}",kind="{a.kind}",'
                              f'metric="{a.metric}"}} 1.0')
         return "\n".join(lines) + "\n"
+
+
+class ErrorCounter:
+    """``demo_errors_total`` for a live server: the full week once, then only the new seconds."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self._lock = threading.Lock()
+        self._second: int | None = None  # totals count errors in [week start, _second)
+        self._totals = np.zeros(workload.instances)
+
+    def at(self, now_s: float) -> list[float]:
+        second = math.floor(now_s)
+        with self._lock:
+            if self._second is None or second // _WEEK_S != self._second // _WEEK_S or second < self._second:
+                lo = second // _WEEK_S * _WEEK_S
+                grid = np.arange(lo, second, dtype=np.float64)
+                self._totals = np.array([float(self.workload.error_rate(i, grid).sum()) if grid.size else 0.0
+                                         for i in range(self.workload.instances)])
+            elif second > self._second:
+                grid = np.arange(self._second, second, dtype=np.float64)
+                self._totals += [float(self.workload.error_rate(i, grid).sum()) for i in range(self.workload.instances)]
+            self._second = second
+            return [float(math.floor(v)) for v in self._totals]
 
 
 def _merge_same_labels(series: list[tuple[dict[str, str], np.ndarray, np.ndarray]]):
@@ -305,8 +339,9 @@ def _backfill(workload: Workload, path: Path, *, days: float, step_s: float, job
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     recent = [a.as_log() for a in workload.schedule(end_s - 3600, end_s)]
+    samples = sum(1 for line in text.splitlines() if not line.startswith("#"))
     _log("info", "history written", path=str(path), start=iso_from_ms(s_to_ms(start_s)),
-         end=iso_from_ms(s_to_ms(end_s)), step=format_duration(step_s), samples=text.count("\n") - 1 - 5,
+         end=iso_from_ms(s_to_ms(end_s)), step=format_duration(step_s), samples=samples,
          seconds=round(time.monotonic() - started, 2), anomalies_last_hour=recent)
     return 0
 
@@ -333,9 +368,12 @@ class _ThreadingServer(WSGIServer):
 
 
 def _serve(workload: Workload, host: str, port: int) -> int:
+    errors = ErrorCounter(workload)
+    errors.at(time.time())  # the week's integral once, before the first scrape
+
     def app(environ, start_response):
         if environ.get("PATH_INFO") == "/metrics":
-            body = workload.exposition(time.time()).encode()
+            body = workload.exposition(time.time(), errors).encode()
             start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -379,19 +417,11 @@ def _announce(workload: Workload, stop: threading.Event) -> None:
 
 def _events(workload: Workload, from_s: float) -> Iterator[tuple[str, Anomaly]]:
     """("started"|"ended", anomaly) in time order, from ``from_s`` on, forever."""
-    window_s = workload.anomaly_every_s * 4
-    pending: list[tuple[float, str, Anomaly]] = []
-    horizon = from_s
+    slot = math.floor(from_s / workload.anomaly_every_s)
     while True:
-        while not pending or pending[0][0] > horizon - workload.anomaly_every_s:
-            for a in workload.schedule(horizon, horizon + window_s):
-                if a.start_s >= horizon and a.start_s >= from_s:
-                    pending.append((a.start_s, "started", a))
-                if a.end_s >= horizon and a.end_s >= from_s and a.start_s >= horizon:
-                    pending.append((a.end_s, "ended", a))
-                elif a.start_s < from_s <= a.end_s and horizon == from_s:
-                    pending.append((a.end_s, "ended", a))
-            horizon += window_s
-            pending.sort(key=lambda e: e[0])
-        when, event, anomaly = pending.pop(0)
-        yield event, anomaly
+        anomaly = workload.slot(slot)
+        if anomaly.start_s >= from_s:
+            yield "started", anomaly
+        if anomaly.end_s >= from_s:
+            yield "ended", anomaly
+        slot += 1
