@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import pytest
 import yaml
@@ -37,6 +37,7 @@ import yaml
 __all__ = [
     "free_port",
     "require_binary",
+    "wait_for",
     "Process",
     "StartError",
     "backfill",
@@ -64,6 +65,8 @@ _POLL_S = 0.05
 _LOG_TAIL_BYTES = 4000
 
 _live: set["Process"] = set()
+_START_ATTEMPTS = 3  # a free port can be taken between free_port() and the bind: retry elsewhere
+T = TypeVar("T")
 
 
 class StartError(RuntimeError):
@@ -87,6 +90,19 @@ def require_binary(name: str) -> str:
         pytest.fail(message)
     pytest.skip(message)
     raise AssertionError("unreachable")  # pytest.skip raises
+
+
+def wait_for(predicate: Callable[[], T], *, deadline_s: float = 15.0, poll_s: float = 0.1,
+             what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not met within {deadline_s}s")
+        time.sleep(poll_s)
 
 
 class Process:
@@ -175,6 +191,19 @@ class Process:
         except urllib.error.HTTPError as error:
             return json.load(error)
 
+    def post_json(self, path: str, body: Any) -> tuple[int, Any]:
+        """POST ``body`` as JSON to ``path``; (status, decoded JSON body or None if empty)."""
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        return status, (json.loads(raw) if raw.strip() else None)
+
     def log_tail(self) -> str:
         try:
             data = self.log_path.read_bytes()
@@ -210,6 +239,19 @@ def _stop_all() -> None:
             process.stop()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+
+
+def _start_on_a_free_port(make: Callable[[int], Process]) -> Process:
+    """Build the process for a free port and start it, moving to another port if the bind lost a race."""
+    for attempt in range(_START_ATTEMPTS):
+        process = make(free_port())
+        try:
+            process.start()
+            return process
+        except StartError:
+            if attempt + 1 == _START_ATTEMPTS or "address already in use" not in process.log_tail():
+                raise
+    raise AssertionError("unreachable")
 
 
 def _duration(duration_s: float) -> str:
@@ -287,16 +329,13 @@ def start_prometheus(
             config[key] = value
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    process = Process(
+    return _start_on_a_free_port(lambda port: Process(
         PROMETHEUS,
         [binary, f"--config.file={config_path}", f"--storage.tsdb.path={tsdb_dir}",
          f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", "--web.enable-admin-api",
          "--storage.tsdb.retention.time=30d", "--log.level=info"],
         port, workdir, "/-/ready", config_path=config_path, tsdb_dir=tsdb_dir,
-    )
-    process.start()
-    return process
+    ))
 
 
 def start_alertmanager(tmp_path: Path, config_yaml: str) -> Process:
@@ -305,26 +344,20 @@ def start_alertmanager(tmp_path: Path, config_yaml: str) -> Process:
     workdir = Path(tempfile.mkdtemp(prefix="alertmanager-", dir=tmp_path))
     config_path = workdir / "alertmanager.yml"
     config_path.write_text(config_yaml)
-    port = free_port()
-    process = Process(
+    return _start_on_a_free_port(lambda port: Process(
         ALERTMANAGER,
         [binary, f"--config.file={config_path}", f"--storage.path={workdir / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=info"],
         port, workdir, "/-/ready", config_path=config_path,
-    )
-    process.start()
-    return process
+    ))
 
 
 def start_node_exporter(tmp_path: Path | None = None) -> Process:
     """Start node_exporter (systemd collector off); logs go to a temporary directory if none given."""
     binary = require_binary(NODE_EXPORTER)
     workdir = Path(tempfile.mkdtemp(prefix="node-exporter-", dir=tmp_path))
-    port = free_port()
-    process = Process(
+    return _start_on_a_free_port(lambda port: Process(
         NODE_EXPORTER,
         [binary, f"--web.listen-address=127.0.0.1:{port}", "--no-collector.systemd"],
         port, workdir, "/metrics",
-    )
-    process.start()
-    return process
+    ))

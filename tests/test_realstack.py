@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import socket
 import time
 import urllib.request
 
 import numpy as np
 import pytest
 
-from realstack import Process, backfill, free_port, start_prometheus
+from realstack import Process, backfill, free_port, start_prometheus, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -20,16 +20,6 @@ route:
 receivers:
   - name: sink
 """
-
-
-def _wait_for(predicate, deadline_s: float = 15.0, poll_s: float = 0.2):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(poll_s)
-    raise AssertionError(f"condition not met within {deadline_s}s")
 
 
 def test_free_port_is_bindable():
@@ -52,7 +42,7 @@ def test_prometheus_scrapes_node_exporter(prometheus_factory, node_exporter: Pro
         result = body["data"]["result"]
         return result and result[0]["value"][1] == "1"
 
-    _wait_for(scraped)
+    wait_for(scraped)
 
 
 def test_prometheus_stop_and_start_keeps_port_and_data(prometheus_factory):
@@ -86,6 +76,25 @@ def test_backfill_rejects_bad_text(tmp_path):
         backfill("not openmetrics at all\n", tmp_path / "tsdb")
 
 
+def test_port_race_moves_to_another_port(tmp_path, monkeypatch):
+    """A port taken between free_port() and the bind: the start retries on another port."""
+    import realstack
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        ports = iter([taken_port])
+        real_free_port = realstack.free_port
+        monkeypatch.setattr(realstack, "free_port", lambda: next(ports, None) or real_free_port())
+        process = realstack.start_node_exporter(tmp_path)
+    try:
+        assert process.running and process.port != taken_port
+        assert "address already in use" in process.log_path.read_text()
+    finally:
+        process.stop()
+
+
 def test_start_fails_fast_with_log_tail(tmp_path):
     with pytest.raises(Exception, match="(?s)log tail.*"):
         start_prometheus(tmp_path, extra_config={"scrape_configs": [{"job_name": 3, "bogus": True}]})
@@ -95,18 +104,14 @@ def test_alertmanager_accepts_an_alert(alertmanager_factory):
     alertmanager = alertmanager_factory(ALERTMANAGER_CONFIG)
     alert = [{"labels": {"alertname": "VigilTestAnomaly", "series": "cpu"},
               "annotations": {"summary": "planted"}}]
-    request = urllib.request.Request(
-        alertmanager.url + "/api/v2/alerts", data=json.dumps(alert).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
+    status, _ = alertmanager.post_json("/api/v2/alerts", alert)
+    assert status == 200
 
     def listed():
         alerts = alertmanager.get_json("/api/v2/alerts")
         return [a for a in alerts if a["labels"].get("alertname") == "VigilTestAnomaly"]
 
-    assert _wait_for(listed)[0]["annotations"]["summary"] == "planted"
+    assert wait_for(listed)[0]["annotations"]["summary"] == "planted"
 
 
 def test_seeded_prometheus_serves_planted_history(seeded_prometheus):
@@ -141,4 +146,4 @@ def test_seeded_prometheus_scrapes_node_exporter(seeded_prometheus):
         )
         return body["data"]["result"]
 
-    assert float(_wait_for(scraped)[0]["value"][1]) >= 1
+    assert float(wait_for(scraped)[0]["value"][1]) >= 1
