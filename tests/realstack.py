@@ -11,7 +11,12 @@ own directory; a start that fails quotes the tail of that log.
 
 Scrape targets for :func:`start_prometheus` are either ``"127.0.0.1:PORT"`` strings, which all go
 into one job named ``"static"``, or ``(job, "127.0.0.1:PORT")`` tuples, which go into the named job
-(several tuples with the same job share it).
+(several tuples with the same job share it). Expect the first scrape about 5 s after start:
+Prometheus applies new target sets on a 5-second tick, whatever the scrape interval.
+
+Backfill facts (checked with promtool 2.42): promtool accepts samples at and after "now"; it is
+Prometheus that needs the backfilled samples to lie before its start (scraped samples of the same
+series would otherwise be out of order) and within retention (30 days here).
 """
 
 from __future__ import annotations
