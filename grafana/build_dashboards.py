@@ -444,7 +444,7 @@ def anomaly_overview() -> Json:
               "description": "Grafana-managed alert rules of the bundle (label source=vigil), firing or pending.",
               "options": {"viewMode": "list", "groupMode": "default", "groupBy": [], "maxItems": 20,
                           "sortOrder": 3, "dashboardAlerts": False, "alertName": "", "showInstances": True,
-                          "alertInstanceLabelFilter": '{source="vigil"}', "datasource": "Grafana",
+                          "alertInstanceLabelFilter": '{source="vigil"}',
                           "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False,
                                           "error": True, "recovering": True}}}
     timeline = state_timeline(
