@@ -83,13 +83,31 @@ class GrafanaSink:
         end = episode.end_ms if episode.end_ms is not None else episode.last_ms
         return int(episode.start_ms), int(max(end, episode.start_ms))
 
+    @property
+    def request_timeout_s(self) -> float:
+        return self.settings.request_timeout_s
+
+    def find_all(self, episode: StoredEpisode) -> list[int]:
+        """Ids of every annotation carrying this episode's tag, oldest first."""
+        tag = episode_tag(episode.id)
+        found = self.api.annotations.find_annotations(tags=[tag], ann_type="annotation", limit=100)
+        return sorted(int(item["id"]) for item in found or [] if tag in (item.get("tags") or []))
+
     def find(self, episode: StoredEpisode) -> int | None:
-        """The id of the annotation already made for this episode, if any."""
-        found = self.api.annotations.find_annotations(tags=[episode_tag(episode.id)], ann_type="annotation", limit=10)
-        for item in found or []:
-            if episode_tag(episode.id) in (item.get("tags") or []):
-                return int(item["id"])
-        return None
+        """The id of the annotation already made for this episode, if any (the oldest one)."""
+        ids = self.find_all(episode)
+        return ids[0] if ids else None
+
+    def remove_duplicates(self, annotation_id: int, episode: StoredEpisode) -> list[int]:
+        """Delete any other annotation with this episode's tag; returns the ids deleted.
+
+        Only a Grafana that completes a create long after our request timed out (and after the
+        retry looked for it) can leave one; the episode's final update cleans it up.
+        """
+        extra = [i for i in self.find_all(episode) if i != annotation_id]
+        for other in extra:
+            self.api.annotations.delete_annotations_by_id(other)
+        return extra
 
     def create(self, episode: StoredEpisode, job: JobSettings | None) -> int:
         time_ms, time_end_ms = self.region(episode)
@@ -108,10 +126,16 @@ class GrafanaSink:
             return existing, False
         return self.create(episode, job), True
 
-    def update(self, annotation_id: int, episode: StoredEpisode, job: JobSettings | None) -> None:
-        """PATCH the region, text and tags (all of them: a PATCH with empty tags would wipe them)."""
+    def update(self, annotation_id: int, episode: StoredEpisode, job: JobSettings | None) -> list[int]:
+        """PATCH the region, text and tags (all of them: a PATCH with empty tags would wipe them).
+
+        On the final update (the episode has ended) also removes duplicates; returns their ids.
+        """
         time_ms, time_end_ms = self.region(episode)
         self.api.annotations.partial_update_annotation(
             annotation_id, time_from=time_ms, time_to=time_end_ms,
             tags=annotation_tags(episode, job), text=annotation_text(episode),
         )
+        if episode.end_ms is not None:
+            return self.remove_duplicates(annotation_id, episode)
+        return []

@@ -1,7 +1,7 @@
 """The robust seasonal baseline: expected value, spread and band from the series' own history.
 
-``yhat(t) = profile(time of day [, day of week]) + level(t)``: the profile is a median per
-time-of-day bin (a day-of-week offset is added when there are two weeks of history and it helps),
+``yhat(t) = profile(time of day [, weekday or weekend]) + level(t)``: the profile is a median per
+time-of-day bin (with separate weekday and weekend profiles when a week of history shows they differ),
 and the level is a slowly adapting, spike-clipped correction that tracks growth and settled level
 changes causally (it only looks at earlier points). The spread is a robust scale of the
 residuals per time-of-day bin, shrunk towards the global one. ``anomaly_score`` is the residual in
@@ -82,32 +82,34 @@ class SeasonalBaseline:
         return self
 
     def _fit_profile(self, t: np.ndarray, x: np.ndarray) -> None:
+        """Median per time-of-day bin; separate weekday and weekend profiles when that helps."""
         span_ms = int(t[-1] - t[0]) if t.size > 1 else 0
         step_ms = int(np.median(np.diff(t))) if t.size > 1 else 60_000
-        self.bin_ms_ = int(max(step_ms, 15 * 60_000, DAY_MS // 96))
+        self.bin_ms_ = int(max(step_ms, 15 * 60_000))
         self.n_bins_ = max(1, DAY_MS // self.bin_ms_)
         self.center_ = float(np.median(x))
         flat_resid = x - self.center_
-        self.daily_ = np.zeros(self.n_bins_)
-        self.weekly_ = np.zeros(7)
+        # Row 0 is for weekdays, row 1 for weekends; equal unless the split is used.
+        self.daily_ = np.zeros((2, self.n_bins_))
         self.seasonality_ = "none"
-        if span_ms >= int(1.5 * DAY_MS) and x.size >= 4 * self.n_bins_:
-            bins = self._bin(t)
-            daily = np.zeros(self.n_bins_)
-            counts = np.bincount(bins, minlength=self.n_bins_)
-            for b in np.flatnonzero(counts):
-                daily[b] = np.median(flat_resid[bins == b])
-            daily = _fill_and_smooth(daily, counts > 0)
-            with_daily = flat_resid - daily[bins]
-            if _robust_scale(with_daily) < (1 - self.seasonal_gain) * _robust_scale(flat_resid):
-                self.daily_ = daily
-                self.seasonality_ = "daily"
-                if span_ms >= 14 * DAY_MS:
-                    dow = _weekday(t)
-                    weekly = np.array([np.median(with_daily[dow == d]) if np.any(dow == d) else 0.0 for d in range(7)])
-                    if _robust_scale(with_daily - weekly[dow]) < (1 - self.seasonal_gain / 2) * _robust_scale(with_daily):
-                        self.weekly_ = weekly
-                        self.seasonality_ = "weekly"
+        if span_ms < int(1.5 * DAY_MS) or x.size < 4 * self.n_bins_:
+            return
+        bins = self._bin(t)
+        daily = _bin_medians(flat_resid, bins, self.n_bins_)
+        with_daily = flat_resid - daily[bins]
+        if not _robust_scale(with_daily) < (1 - self.seasonal_gain) * _robust_scale(flat_resid):
+            return
+        self.daily_[:] = daily
+        self.seasonality_ = "daily"
+        weekend = _weekday(t) >= 5
+        if _covers_day(bins[weekend], self.n_bins_) and _covers_day(bins[~weekend], self.n_bins_):
+            split = np.zeros((2, self.n_bins_))
+            split[0] = _bin_medians(flat_resid[~weekend], bins[~weekend], self.n_bins_)
+            split[1] = _bin_medians(flat_resid[weekend], bins[weekend], self.n_bins_)
+            with_split = flat_resid - split[weekend.astype(int), bins]
+            if _robust_scale(with_split) < (1 - self.seasonal_gain / 2) * _robust_scale(with_daily):
+                self.daily_ = split
+                self.seasonality_ = "weekly"
 
     def _fit_spread(self, t: np.ndarray, resid: np.ndarray) -> None:
         global_scale = self._global_scale(resid)
@@ -139,10 +141,8 @@ class SeasonalBaseline:
         return ((np.asarray(t, dtype=np.int64) % DAY_MS) // self.bin_ms_).astype(np.int64) % self.n_bins_
 
     def _profile_at(self, t: np.ndarray) -> np.ndarray:
-        out = self.center_ + self.daily_[self._bin(t)]
-        if self.seasonality_ == "weekly":
-            out = out + self.weekly_[_weekday(t)]
-        return out
+        daytype = (_weekday(t) >= 5).astype(np.int64)
+        return self.center_ + self.daily_[daytype, self._bin(t)]
 
     def _spread_at(self, t: np.ndarray) -> np.ndarray:
         return self.scale_ * self.spread_factor_[self._bin(t)]
@@ -192,7 +192,8 @@ class SeasonalBaseline:
         moment = datetime.fromtimestamp(time_ms / 1000.0, tz=timezone.utc)
         clock = moment.strftime("%H:%M UTC")
         if self.seasonality_ == "weekly":
-            return f"for {_DAY_NAMES[moment.weekday()]} {clock}"
+            kind = "weekend" if moment.weekday() >= 5 else "weekday"
+            return f"for a {kind} ({_DAY_NAMES[moment.weekday()]}) at {clock}"
         return f"for {clock}"
 
 
@@ -214,6 +215,21 @@ def _robust_scale(resid: np.ndarray) -> float:
         return mad
     trimmed = np.sort(dev)[: max(1, int(0.95 * dev.size))]
     return 1.2533 * float(np.mean(trimmed))
+
+
+def _covers_day(bins: np.ndarray, n_bins: int) -> bool:
+    """At least two points in nine of ten time-of-day bins: a whole day has been seen."""
+    return bool((np.bincount(bins, minlength=n_bins) >= 2).mean() >= 0.9)
+
+
+def _bin_medians(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    out = np.zeros(n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    order = np.argsort(bins, kind="stable")
+    groups = np.split(values[order], np.cumsum(counts)[:-1])
+    for b in np.flatnonzero(counts):
+        out[b] = np.median(groups[b])
+    return _fill_and_smooth(out, counts > 0)
 
 
 def _fill_and_smooth(profile: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from .baseline import Scores, SeasonalBaseline
 from .config import MODELS
 from .learned import IsolationForestDetector, OneClassSVMDetector
 
-__all__ = ["Detector", "Scores", "make_detector", "fit_detector", "DEFAULT_MODEL", "MIN_LEARNED_POINTS"]
+__all__ = ["Detector", "Scores", "make_detector", "fit_detector", "is_learned", "DEFAULT_MODEL", "MIN_LEARNED_POINTS"]
 
 #: What ``auto`` means: the model our quality benchmark ranks first at default settings.
 DEFAULT_MODEL = "iforest"
@@ -51,13 +51,24 @@ def make_detector(model: str = "auto", *, sensitivity: str = "medium", step_s: f
     return factory(sensitivity=sensitivity, step_s=step_s)
 
 
+def is_learned(model: str) -> bool:
+    """Whether ``model`` learns step-dependent patterns (and so wants recent history at the scoring step)."""
+    return (DEFAULT_MODEL if model == "auto" else model) in ("iforest", "ocsvm")
+
+
 def fit_detector(model: str, times_ms: np.ndarray, values: np.ndarray, *, sensitivity: str = "medium",
-                 step_s: float = 60.0, min_learned_points: int = MIN_LEARNED_POINTS) -> Detector:
-    """Fit ``model`` on the history, or the baseline when the history is too short for it."""
+                 step_s: float = 60.0, min_learned_points: int = MIN_LEARNED_POINTS,
+                 recent: tuple[np.ndarray, np.ndarray] | None = None) -> Detector:
+    """Fit ``model`` on the history, or the baseline when the history is too short for it.
+
+    ``recent`` is the latest history sampled at ``step_s``, for the learned models' patterns.
+    """
     detector = make_detector(model, sensitivity=sensitivity, step_s=step_s)
     n_finite = int(np.isfinite(np.asarray(values, dtype=np.float64)).sum())
     if detector.name != "seasonal" and n_finite < min_learned_points:
         baseline = SeasonalBaseline(sensitivity=sensitivity, step_s=step_s).fit(times_ms, values)
         baseline.name = f"seasonal (cold start; {detector.name} after {min_learned_points} points)"
         return baseline
+    if recent is not None and is_learned(model):
+        return detector.fit(times_ms, values, recent=recent)  # type: ignore[call-arg]
     return detector.fit(times_ms, values)

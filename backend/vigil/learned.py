@@ -42,11 +42,18 @@ class LearnedDetector:
     def _raw(self, features: np.ndarray) -> np.ndarray:
         return -self.estimator_.score_samples(features)
 
-    def fit(self, times_ms: np.ndarray, values: np.ndarray) -> "LearnedDetector":
+    def fit(self, times_ms: np.ndarray, values: np.ndarray,
+            recent: tuple[np.ndarray, np.ndarray] | None = None) -> "LearnedDetector":
+        """Fit the band on the whole history and the patterns on ``recent`` (default: the same).
+
+        Pattern features over a few points depend on the step, so ``recent`` should be sampled at
+        the step that will be scored; the history may be coarser (it only needs the seasons).
+        """
         # Half the false-alarm budget for the band, half for the learned patterns.
         self.baseline_ = SeasonalBaseline(sensitivity=self.sensitivity, step_s=self.step_s / 2).fit(times_ms, values)
-        t = np.asarray(times_ms, dtype=np.int64)
-        x = np.asarray(values, dtype=np.float64)
+        t, x = recent if recent is not None and np.isfinite(recent[1]).sum() >= 64 else (times_ms, values)
+        t = np.asarray(t, dtype=np.int64)
+        x = np.asarray(x, dtype=np.float64)
         ok = np.isfinite(x)
         t, x = t[ok], x[ok]
         base = self.baseline_.score(t, x)

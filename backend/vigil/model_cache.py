@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 __all__ = ["ModelCache"]
 
 
 class ModelCache:
-    def __init__(self, max_entries: int = 4096):
+    def __init__(self, max_entries: int = 4096, on_lookup: Callable[[bool], None] | None = None):
         self.max_entries = max_entries
+        #: called as ``on_lookup(hit)`` (metrics hook)
+        self.on_lookup = on_lookup
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -24,12 +26,15 @@ class ModelCache:
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
             model = self._entries.get(key)
+            if model is not None:
+                self._entries.move_to_end(key)
             if model is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return model
+            else:
+                self.hits += 1
+        if self.on_lookup is not None:
+            self.on_lookup(model is not None)
+        return model
 
     def put(self, key: Hashable, model: Any) -> None:
         with self._lock:

@@ -1,0 +1,1 @@
+"""The HTTP surfaces of the service (Flask). Nothing here computes a score."""

@@ -1,0 +1,107 @@
+"""``create_app(settings)``: the Flask application, read top to bottom like a table of contents."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time as _clock
+import uuid
+from typing import Any
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .. import telemetry
+from ..config import Settings
+from ..errors import VigilError
+from ..logs import request_id_var
+from ..model_cache import ModelCache
+from ..pipeline import Detection
+from ..prometheus import LokiClient, PrometheusClient
+from .health import health_blueprint
+from .infinity import infinity_blueprint
+from .json_datasource import json_datasource_blueprint
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("vigil.http")
+
+
+def create_app(settings: Settings | None = None, *, detection: Detection | None = None) -> Flask:
+    settings = settings or Settings()
+    app = Flask("vigil")
+    app.config["VIGIL_SETTINGS"] = settings
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["vigil.detection"] = detection or build_detection(settings)
+    register_request_hooks(app)
+    register_blueprints(app, settings)
+    register_error_handlers(app)
+    return app
+
+
+def build_detection(settings: Settings) -> Detection:
+    prometheus = PrometheusClient.from_settings(settings.prometheus, on_request=telemetry.record_upstream)
+    loki = LokiClient.from_settings(settings.loki, on_request=telemetry.record_upstream) if settings.loki.url else None
+    cache = ModelCache(settings.detection.cache_size, on_lookup=telemetry.record_cache)
+    return Detection(settings, prometheus, loki, cache, on_fit=telemetry.record_fit)
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    app.register_blueprint(health_blueprint(settings))
+    app.register_blueprint(json_datasource_blueprint(settings), url_prefix="/json")
+    app.register_blueprint(infinity_blueprint(settings), url_prefix="/api/v1")
+    try:  # the audit table is served when the worker's audit module is installed
+        audit = importlib.import_module("vigil.http.audit")
+    except ModuleNotFoundError:
+        return
+    app.register_blueprint(audit.audit_blueprint(settings), url_prefix="/api/v1")
+
+
+def register_request_hooks(app: Flask) -> None:
+    @app.before_request
+    def start() -> None:
+        g.started = _clock.monotonic()
+        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        g.token = request_id_var.set(g.request_id)
+
+    @app.after_request
+    def finish(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        duration_s = _clock.monotonic() - g.get("started", _clock.monotonic())
+        telemetry.HTTP_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        telemetry.HTTP_DURATION.labels(endpoint).observe(duration_s)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        if endpoint not in ("/healthz", "/readyz", "/metrics"):
+            log.info("request", extra={"method": request.method, "path": request.path,
+                                       "status": response.status_code, "duration_ms": round(duration_s * 1000, 1)})
+        return response
+
+    @app.teardown_request
+    def reset(_exc: Any) -> None:
+        token = g.pop("token", None)
+        if token is not None:
+            request_id_var.reset(token)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(VigilError)
+    def vigil_error(exc: VigilError):
+        level = logging.WARNING if exc.http_status < 500 else logging.ERROR
+        log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message, "path": request.path})
+        return jsonify(exc.body(g.get("request_id", ""))), exc.http_status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        body = {"error": (exc.name or "error").lower().replace(" ", "_"),
+                "message": f"{request.method} {request.path}: {exc.description}",
+                "trace_id": g.get("request_id", "")}
+        return jsonify(body), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error", extra={"path": request.path})
+        body = {"error": "internal_error",
+                "message": f"{request.path}: an unexpected error happened; see the service log for trace "
+                           f"{g.get('request_id', '')}",
+                "trace_id": g.get("request_id", "")}
+        return jsonify(body), 500

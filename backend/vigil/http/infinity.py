@@ -1,0 +1,95 @@
+"""JSON rows for the Infinity datasource (``yesoreyeram-infinity-datasource``): ``/api/v1/anomalies``.
+
+Infinity's backend parser works in alert rules, so Grafana-managed alerts can use these rows.
+The body is JSON even when it arrives as ``text/plain`` (Infinity's default); GET with query
+parameters works too. ``from``/``to`` are epoch ms (``${__timeFrom}``/``${__timeTo}``), epoch
+seconds, ISO-8601, or ``now-6h``-style relative times.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ..config import Settings
+from ..errors import BadRequest
+from ..frames import to_rows
+from ..pipeline import Query
+from ..units import ms_to_s, parse_duration_s, parse_instant_ms, query_step_s
+from .auth import require_token
+from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
+
+__all__ = ["infinity_blueprint"]
+
+KEYS = ("query", "from", "to", "step", "latest", "only_anomalies", *OPTION_KEYS)
+_RELATIVE = re.compile(r"^now(?:-(.+))?$")
+_DEFAULT_RANGE_S = 3600.0
+_DEFAULT_POINTS = 720
+
+
+def infinity_blueprint(settings: Settings) -> Blueprint:
+    bp = Blueprint("infinity", __name__)
+
+    @bp.before_request
+    def authenticate() -> None:
+        require_token(settings.server.token)
+
+    @bp.route("/anomalies", methods=["GET", "POST"])
+    def anomalies():
+        where = f"{request.method} /api/v1/anomalies"
+        if request.method == "POST":
+            body = read_json()
+            if not isinstance(body, dict):
+                raise BadRequest(f"{where}: the body must be a JSON object such as "
+                                 '{"query": "node_cpu_usage", "from": ${__timeFrom}, "to": ${__timeTo}}',
+                                 code="bad_body")
+        else:
+            body = request.args.to_dict()
+        reject_unknown(body, KEYS, where)
+        expr = body.get("query")
+        if not isinstance(expr, str) or not expr.strip():
+            raise BadRequest(f"{where}: 'query' is required: a preset name or a PromQL expression", code="empty_query")
+        where = f"{where} (query {expr!r})"
+        end_ms = _instant(body.get("to"), None, f"{where}: to")
+        start_ms = _instant(body.get("from"), end_ms, f"{where}: from")
+        if "from" not in body:
+            start_ms = end_ms - int(_DEFAULT_RANGE_S * 1000)
+        range_s = ms_to_s(end_ms - start_ms)
+        if body.get("step") not in (None, ""):
+            try:
+                step_s = max(1.0, parse_duration_s(body["step"]))
+            except ValueError as exc:
+                raise BadRequest(f"{where}: step must be {exc}", code="bad_step") from None
+        else:
+            step_s = query_step_s(max(range_s, 1.0), max_data_points=_DEFAULT_POINTS,
+                                  max_points_per_series=settings.prometheus.max_points_per_series)
+        opts = detection_options(body, settings, where)
+        result = current_app.extensions["vigil.detection"].run(Query(
+            expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
+            train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
+            ref_id="infinity", legend=opts.legend))
+        rows = to_rows(result, latest=as_bool(body.get("latest", False), f"{where}: latest"),
+                       only_anomalies=as_bool(body.get("only_anomalies", False), f"{where}: only_anomalies"))
+        return jsonify(rows)
+
+    return bp
+
+
+def _instant(value: Any, now_ms: int | None, where: str) -> int:
+    """Epoch ms/s, ISO-8601, ``now`` or ``now-6h``."""
+    if value in (None, ""):
+        return now_ms if now_ms is not None else parse_instant_ms("now")
+    if isinstance(value, str):
+        match = _RELATIVE.match(value.strip())
+        if match:
+            base_ms = parse_instant_ms("now")
+            try:
+                return base_ms - int(parse_duration_s(match.group(1)) * 1000) if match.group(1) else base_ms
+            except ValueError as exc:
+                raise BadRequest(f"{where} must be a time such as now-6h; {exc}", code="bad_range") from None
+    try:
+        return parse_instant_ms(value)
+    except ValueError as exc:
+        raise BadRequest(f"{where} must be {exc}", code="bad_range") from None

@@ -1,0 +1,394 @@
+"""``vigil worker``: run the configured jobs on a schedule and hand their episodes to the sinks.
+
+Owns the schedule (each job every ``every_s``, first run jittered, never two runs of one job at
+once, one range query per job per run), sharding (a series belongs to shard
+``crc32(job + series_key) % shard_count``), and the order of side effects: a run's episode changes
+and the deliveries they cause are committed to the audit store in ONE transaction before anything
+is sent; a separate thread then works through the outbox. A failing job (Prometheus down, a bad
+query) changes nothing in the store: its open episodes stay open until a run succeeds.
+
+Must not: run inside the HTTP service (every gunicorn worker would repeat the side effects), or
+compute scores itself (``vigil.pipeline.Detection`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .audit import AuditStore
+from .config import ConfigError, JobSettings, Settings, load_settings
+from .outbox import Outbox
+from .series import series_key
+from .tracker import Change, ObservedSeries, track
+from .worker_metrics import MetricsServer, WorkerMetrics
+
+__all__ = ["Worker", "JobOutcome", "in_shard", "add_arguments", "run"]
+
+log = logging.getLogger("vigil.worker")
+
+#: A job's first run starts after a random delay of up to this (or ``every_s`` if shorter).
+MAX_START_JITTER_S = 15.0
+
+
+def in_shard(job: str, key: str, shard_index: int, shard_count: int) -> bool:
+    """A series belongs to shard ``crc32(job + series_key) % shard_count``."""
+    if shard_count <= 1:
+        return True
+    return zlib.crc32((job + key).encode("utf-8")) % shard_count == shard_index
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class JobOutcome:
+    job: str
+    ok: bool
+    series: int = 0
+    started: int = 0
+    extended: int = 0
+    ended: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _JobState:
+    job: JobSettings
+    next_run_s: float
+    future: Future | None = None
+    last_success_ms: int | None = None
+    last_error: str | None = None
+    runs: int = 0
+
+
+class Worker:
+    """One worker process: the jobs of one shard, their audit trail and their deliveries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: AuditStore | None = None,
+        detection: Any = None,
+        sinks: Mapping[str, Any] | None = None,
+        metrics: WorkerMetrics | None = None,
+        shard_index: int | None = None,
+        shard_count: int | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.settings = settings
+        self.clock_ms = clock_ms
+        self.shard_index = settings.worker.shard_index if shard_index is None else shard_index
+        self.shard_count = settings.worker.shard_count if shard_count is None else shard_count
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"The 'shard_index' parameter of Worker must be in [0, {self.shard_count}). "
+                             f"Got {self.shard_index} instead.")
+        self.store = store or AuditStore(settings.audit.path)
+        self.detection = detection if detection is not None else _make_detection(settings)
+        self.sinks = dict(sinks) if sinks is not None else _make_sinks(settings)
+        self.metrics = metrics or WorkerMetrics(backlog=self.store.backlog)
+        self.jobs = {j.name: j for j in settings.jobs}
+        self.outbox = Outbox(self.store, self.sinks, jobs=self.jobs, max_backoff_s=settings.worker.max_backoff_s,
+                             resend_every_s=settings.alertmanager.resend_every_s, metrics=self.metrics,
+                             clock_ms=clock_ms)
+        self._states: dict[str, _JobState] = {}
+        self._stop = threading.Event()
+
+    # -- one run of one job ---------------------------------------------------------------------
+
+    def run_job(self, job: JobSettings) -> JobOutcome:
+        """Score the last ``worker.lookback`` of ``job``, record what changed, owe the deliveries."""
+        from .pipeline import Query
+
+        t0 = time.monotonic()
+        now_ms = self.clock_ms()
+        lookback_ms = int(self.settings.worker.lookback_s * 1000)
+        det = self.settings.detection
+        query = Query(
+            expr=job.query, start_ms=now_ms - lookback_ms, end_ms=now_ms, step_s=job.every_s,
+            model=job.model or det.model, train_window_s=job.train_window_s or det.train_window_s,
+            sensitivity=job.sensitivity or det.sensitivity, source=job.source, exclude=job.exclude, ref_id=job.name,
+        )
+        try:
+            result = self.detection.run(query, deadline_s=max(job.every_s, 10.0))
+        except Exception as exc:  # noqa: BLE001 - a failing job must not stop the others
+            return self._job_failed(job, exc, time.monotonic() - t0)
+        observed: list[ObservedSeries] = []
+        scores: dict[str, tuple[Mapping[str, str], float]] = {}
+        for s in result.series:
+            key = series_key(s.labels)
+            if not in_shard(job.name, key, self.shard_index, self.shard_count):
+                continue
+            last_ms = int(s.times_ms[-1]) if len(s.times_ms) else now_ms
+            observed.append(ObservedSeries(key, dict(s.labels), last_ms, list(s.episodes), s.model, s.unit))
+            scores[key] = (s.labels, _last_finite(s.scores.anomaly_score))
+        tolerance_ms = int(2 * job.every_s * 1000)
+        stored = self.store.relevant_episodes(job.name, now_ms - lookback_ms - tolerance_ms)
+        changes = track(job.name, stored, observed, tolerance_ms=tolerance_ms, severity=job.severity)
+        applied = self._apply(job, changes, now_ms)
+        duration_s = time.monotonic() - t0
+        self.metrics.scores.set_job(job.name, scores)
+        self.metrics.series_watched.labels(job.name).set(len(observed))
+        self.metrics.job_duration.labels(job.name).observe(duration_s)
+        self.metrics.job_last_success.labels(job.name).set(now_ms / 1000.0)
+        state = self._states.get(job.name)
+        if state is not None:
+            state.last_success_ms, state.last_error = now_ms, None
+        outcome = JobOutcome(job.name, True, len(observed), duration_s=duration_s, **applied)
+        log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name, len(observed),
+                 duration_s, outcome.started, outcome.extended, outcome.ended,
+                 extra={"event": "job_run", "vigil_job": job.name, "series": len(observed),
+                        "duration_s": round(duration_s, 3), "started": outcome.started,
+                        "extended": outcome.extended, "ended": outcome.ended, "notices": result.notices})
+        return outcome
+
+    def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
+        error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        self.metrics.job_failures.labels(job.name).inc()
+        self.metrics.job_duration.labels(job.name).observe(duration_s)
+        state = self._states.get(job.name)
+        if state is not None:
+            state.last_error = error
+        log.error("job %s failed: %s", job.name, error,
+                  extra={"event": "job_failed", "vigil_job": job.name, "error": error})
+        return JobOutcome(job.name, False, duration_s=duration_s, error=error)
+
+    def _apply(self, job: JobSettings, changes: list[Change], now_ms: int) -> dict[str, int]:
+        """All of one run's changes and the deliveries they owe: one transaction, committed."""
+        sinks = [s for s in ("grafana", "alertmanager") if s in self.sinks]
+        counts = {"started": 0, "extended": 0, "ended": 0}
+        logs: list[tuple[str, str, Mapping[str, Any]]] = []
+        if not changes:
+            return counts
+        with self.store.transaction() as db:
+            for change in changes:
+                values = dict(change.values)
+                cause = values.pop("end_cause", None)
+                if change.kind == "start":
+                    values["alert_state"] = "pending" if "alertmanager" in sinks else "off"
+                    episode_id = self.store.insert_episode(db, values, now_ms)
+                    self.store.log_event(db, "episode_started", now_ms, episode_id=episode_id,
+                                         detail=_event_detail(values))
+                    counts["started"] += 1
+                    logs.append(("episode_started", episode_id, values))
+                    if values.get("end_ms") is not None:
+                        self.store.log_event(db, "episode_ended", now_ms, episode_id=episode_id,
+                                             detail={"end_ms": values["end_ms"], "cause": "closed"})
+                        counts["ended"] += 1
+                        logs.append(("episode_ended", episode_id, values))
+                    for sink in sinks:
+                        self.store.enqueue(db, episode_id, sink, now_ms)
+                elif change.kind == "extend":
+                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                    counts["extended"] += 1
+                    if "grafana" in sinks:
+                        self.store.enqueue(db, change.episode_id, "grafana", now_ms)  # type: ignore[arg-type]
+                elif change.kind == "end":
+                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                    self.store.log_event(db, "episode_ended", now_ms, episode_id=change.episode_id,
+                                         detail={"end_ms": values["end_ms"], "cause": cause})
+                    counts["ended"] += 1
+                    logs.append(("episode_ended", change.episode_id, {**values, "series_key": change.series_key,
+                                                                     "cause": cause}))  # type: ignore[arg-type]
+                    for sink in sinks:
+                        self.store.enqueue(db, change.episode_id, sink, now_ms)  # type: ignore[arg-type]
+        for kind, episode_id, values in logs:  # after the commit: a log line never claims what is not stored
+            (self.metrics.episodes_started if kind == "episode_started" else self.metrics.episodes_ended).labels(job.name).inc()
+            log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, values.get("series_key", ""),
+                     extra={"event": kind, "episode_id": episode_id, "vigil_job": job.name, **_event_detail(values)})
+        return counts
+
+    # -- the schedule ---------------------------------------------------------------------------
+
+    def run_once(self, *, drain_s: float = 30.0) -> int:
+        """Every job once, then deliver what is owed for up to ``drain_s``. 0 ok, 1 a job failed, 3 backlog left."""
+        failed = [o for o in (self.run_job(j) for j in self.settings.jobs) if not o.ok]
+        drained = self.outbox.drain(drain_s)
+        return 1 if failed else (0 if drained else 3)
+
+    def serve(self, *, max_parallel_jobs: int = 2, poll_s: float = 0.2) -> None:
+        """Run until :meth:`stop`: jobs on their schedule in a small pool, deliveries in a thread."""
+        now = time.monotonic()
+        for job in self.settings.jobs:
+            jitter_s = random.uniform(0, min(job.every_s, MAX_START_JITTER_S))
+            self._states[job.name] = _JobState(job, now + jitter_s)
+        delivery = threading.Thread(target=self._deliver_forever, args=(poll_s,), name="vigil-outbox", daemon=True)
+        delivery.start()
+        with ThreadPoolExecutor(max_workers=max(1, min(max_parallel_jobs, len(self._states))),
+                                thread_name_prefix="vigil-job") as pool:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for state in self._states.values():
+                    if now < state.next_run_s:
+                        continue
+                    if state.future is not None and not state.future.done():
+                        # Never two runs of one job at once: skip this slot, try the next one.
+                        log.warning("job %s is still running; skipping a run", state.job.name,
+                                    extra={"event": "job_skipped", "vigil_job": state.job.name})
+                    else:
+                        state.future = pool.submit(self.run_job, state.job)
+                        state.runs += 1
+                    # Fixed rate, without catching up on missed slots.
+                    state.next_run_s += state.job.every_s * max(1, math.ceil((now - state.next_run_s) / state.job.every_s + 1e-9))
+                wake = min((s.next_run_s for s in self._states.values()), default=now + 1.0)
+                self._stop.wait(max(0.01, min(poll_s * 5, wake - time.monotonic())))
+        delivery.join(timeout=10)
+
+    def _deliver_forever(self, poll_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                report = self.outbox.deliver_due()
+            except Exception:  # noqa: BLE001 - the delivery loop must survive anything (a locked store)
+                log.exception("outbox pass failed", extra={"event": "outbox_error"})
+                report = None
+            if report is None or (report.delivered == 0 and report.failed == 0):
+                self._stop.wait(poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        jobs = {
+            name: {"last_success_ms": s.last_success_ms, "last_error": s.last_error, "runs": s.runs}
+            for name, s in self._states.items()
+        }
+        try:
+            backlog = self.store.backlog()
+        except Exception as exc:  # noqa: BLE001
+            return False, {"error": f"audit store: {exc}", "jobs": jobs}
+        return True, {"jobs": jobs, "backlog": backlog, "shard": f"{self.shard_index}/{self.shard_count}"}
+
+
+def _last_finite(values: Any) -> float:
+    for v in reversed(list(values)):
+        if v == v and math.isfinite(v):
+            return float(v)
+    return float("nan")
+
+
+def _event_detail(values: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("job", "series_key", "start_ms", "end_ms", "peak_ms", "peak_score", "peak_value", "yhat", "yhat_lower",
+            "yhat_upper", "reason", "model", "cause")
+    return {k: values[k] for k in keys if k in values}
+
+
+def _make_detection(settings: Settings) -> Any:
+    from .pipeline import Detection
+    from .prometheus import LokiClient, PrometheusClient
+
+    loki = LokiClient.from_settings(settings.loki) if settings.loki.url else None
+    return Detection(settings, PrometheusClient.from_settings(settings.prometheus), loki)
+
+
+def _make_sinks(settings: Settings) -> dict[str, Any]:
+    sinks: dict[str, Any] = {}
+    if settings.grafana.url:
+        from .annotations import GrafanaSink
+
+        sinks["grafana"] = GrafanaSink(settings.grafana)
+    if settings.alertmanager.url:
+        from .alerts import AlertmanagerSink
+
+        sinks["alertmanager"] = AlertmanagerSink(settings.alertmanager, settings.grafana)
+    return sinks
+
+
+# ---------------------------------------------------------------------------------------------
+# ``vigil worker``
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the YAML configuration")
+    parser.add_argument("--shard-index", type=int, default=None, help="this worker's shard (default worker.shard_index)")
+    parser.add_argument("--shard-count", type=int, default=None, help="number of shards (default worker.shard_count)")
+    parser.add_argument("--once", action="store_true",
+                        help="run every job once, deliver what is owed, and exit (0 ok, 1 a job failed, 3 deliveries left)")
+    parser.add_argument("--drain-timeout", default=30.0, type=float,
+                        help="with --once: seconds to keep retrying deliveries before exiting")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of the /metrics server (default 0.0.0.0)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of the /metrics server (default worker.metrics_port; 0 = any free port)")
+
+
+def run(args: argparse.Namespace) -> int:
+    _setup_logging()
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not settings.jobs:
+        print(f"{args.config}: jobs: must list at least one job for the worker; got none", file=sys.stderr)
+        return 2
+    try:
+        worker = Worker(settings, shard_index=args.shard_index, shard_count=args.shard_count)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.once:
+        return worker.run_once(drain_s=args.drain_timeout)
+    port = settings.worker.metrics_port if args.metrics_port is None else args.metrics_port
+    server = MetricsServer(worker.metrics, host=args.metrics_host, port=port, store=worker.store,
+                           healthy=worker.health).start()
+    log.info("worker started: %d jobs, shard %d/%d, metrics on %s:%d", len(settings.jobs), worker.shard_index,
+             worker.shard_count, args.metrics_host, server.port,
+             extra={"event": "worker_started", "jobs": [j.name for j in settings.jobs], "metrics_port": server.port,
+                    "shard_index": worker.shard_index, "shard_count": worker.shard_count,
+                    "sinks": sorted(worker.sinks), "audit_path": settings.audit.path})
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("stopping on signal %d", signum, extra={"event": "worker_stopping"})
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.serve()
+    finally:
+        server.stop()
+        worker.store.close()
+    return 0
+
+
+class _JsonFormatter(logging.Formatter):
+    """Fallback JSON-lines formatter, used only when ``vigil.logs`` is not available."""
+
+    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD and not k.startswith("_")})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _setup_logging() -> None:
+    try:
+        from . import logs  # the project's JSON formatter, when present
+    except ImportError:
+        logs = None  # type: ignore[assignment]
+    setup = getattr(logs, "configure_logging", None) or getattr(logs, "setup_logging", None) or getattr(logs, "configure", None)
+    if setup is not None:
+        setup()
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
