@@ -134,3 +134,25 @@ def seeded_prometheus(tmp_path_factory: pytest.TempPathFactory, node_exporter: P
         )
     finally:
         process.stop()
+
+
+# --- the Vigil service over the seeded Prometheus ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def service_settings(seeded_prometheus: SeededPrometheus):
+    from vigil.config import Settings
+
+    return Settings().replace(prometheus={"url": seeded_prometheus.url, "request_timeout_s": 5.0})
+
+
+@pytest.fixture(scope="session")
+def service_app(service_settings):
+    """One app for the session, so tests also see the model cache at work."""
+    from vigil.http.app import create_app
+
+    return create_app(service_settings)
+
+
+@pytest.fixture()
+def client(service_app):
+    return service_app.test_client()

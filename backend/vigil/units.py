@@ -63,7 +63,7 @@ def format_duration(duration_s: float) -> str:
     if remaining == 0:
         return "0s" if duration_s == 0 else f"{int(round(duration_s * 1000))}ms"
     parts = []
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         size = int(_UNIT_S[unit])
         count, remaining = divmod(remaining, size)
         if count:
