@@ -6,16 +6,16 @@ the live demo workload, ``vigil serve`` and ``vigil worker``, all from this mach
 this checkout. Configuration comes from ``demo/`` (prometheus.yml with its targets rewritten to
 127.0.0.1, the rules, alertmanager.yml, vigil.yaml with local addresses), written into a state
 directory that is emptied on every start. Everything listens on 127.0.0.1 except the service
-(``VIGIL_DEMO_HOST``, default 0.0.0.0, so other machines can point a Grafana at it; it requires
+(``DEMO_HOST``, default 0.0.0.0, so other machines can point a Grafana at it; it requires
 a bearer token, printed at start). Stays in the foreground; Ctrl-C or SIGTERM stops every process
 it started, in reverse order, each within ``STOP_DEADLINE_S``.
 
-Environment (all optional): ``VIGIL_DEMO_DIR`` (state directory), ``VIGIL_DEMO_HOST``,
-``VIGIL_DEMO_PORT`` (service, 8080), ``VIGIL_DEMO_PROMETHEUS_PORT`` (9090),
-``VIGIL_DEMO_ALERTMANAGER_PORT`` (9093), ``VIGIL_DEMO_NODE_EXPORTER_PORT`` (9100),
-``VIGIL_DEMO_WORKLOAD_PORT`` (9200), ``VIGIL_DEMO_WORKER_METRICS_PORT`` (9108),
-``VIGIL_DEMO_SCRAPE_INTERVAL`` (15s), ``VIGIL_DEMO_ANOMALY_EVERY`` (4m), ``VIGIL_DEMO_SEED`` (42),
-``VIGIL_DEMO_DAYS`` (2), ``VIGIL_DEMO_TOKEN`` (random).
+Environment (all optional): ``DEMO_DIR`` (state directory), ``DEMO_HOST``,
+``DEMO_PORT`` (service, 8080), ``DEMO_PROMETHEUS_PORT`` (9090),
+``DEMO_ALERTMANAGER_PORT`` (9093), ``DEMO_NODE_EXPORTER_PORT`` (9100),
+``DEMO_WORKLOAD_PORT`` (9200), ``DEMO_WORKER_METRICS_PORT`` (9108),
+``DEMO_SCRAPE_INTERVAL`` (15s), ``DEMO_ANOMALY_EVERY`` (4m), ``DEMO_SEED`` (42),
+``DEMO_DAYS`` (2), ``DEMO_TOKEN`` (random).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vigil.units import parse_duration_s
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -65,21 +67,21 @@ def _env(name: str, default: str) -> str:
 def settings_from_env() -> dict[str, Any]:
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return {
-        "dir": Path(_env("VIGIL_DEMO_DIR", f"/tmp/vigil-demo-{uid}")),
-        "host": _env("VIGIL_DEMO_HOST", "0.0.0.0"),
+        "dir": Path(_env("DEMO_DIR", f"/tmp/vigil-demo-{uid}")),
+        "host": _env("DEMO_HOST", "0.0.0.0"),
         "ports": {
-            "service": int(_env("VIGIL_DEMO_PORT", "8080")),
-            "prometheus": int(_env("VIGIL_DEMO_PROMETHEUS_PORT", "9090")),
-            "alertmanager": int(_env("VIGIL_DEMO_ALERTMANAGER_PORT", "9093")),
-            "node_exporter": int(_env("VIGIL_DEMO_NODE_EXPORTER_PORT", "9100")),
-            "workload": int(_env("VIGIL_DEMO_WORKLOAD_PORT", "9200")),
-            "worker_metrics": int(_env("VIGIL_DEMO_WORKER_METRICS_PORT", "9108")),
+            "service": int(_env("DEMO_PORT", "8080")),
+            "prometheus": int(_env("DEMO_PROMETHEUS_PORT", "9090")),
+            "alertmanager": int(_env("DEMO_ALERTMANAGER_PORT", "9093")),
+            "node_exporter": int(_env("DEMO_NODE_EXPORTER_PORT", "9100")),
+            "workload": int(_env("DEMO_WORKLOAD_PORT", "9200")),
+            "worker_metrics": int(_env("DEMO_WORKER_METRICS_PORT", "9108")),
         },
-        "scrape_interval": _env("VIGIL_DEMO_SCRAPE_INTERVAL", "15s"),
-        "anomaly_every": _env("VIGIL_DEMO_ANOMALY_EVERY", "4m"),
-        "seed": _env("VIGIL_DEMO_SEED", "42"),
-        "days": _env("VIGIL_DEMO_DAYS", "2"),
-        "token": os.environ.get("VIGIL_DEMO_TOKEN") or secrets.token_urlsafe(24),
+        "scrape_interval": _env("DEMO_SCRAPE_INTERVAL", "15s"),
+        "anomaly_every": _env("DEMO_ANOMALY_EVERY", "4m"),
+        "seed": _env("DEMO_SEED", "42"),
+        "days": _env("DEMO_DAYS", "2"),
+        "token": os.environ.get("DEMO_TOKEN") or secrets.token_urlsafe(24),
     }
 
 
@@ -92,6 +94,9 @@ def prometheus_config(ports: dict[str, int], scrape_interval: str) -> dict[str, 
     config = yaml.safe_load((DEMO / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
+    timeout = config["global"].get("scrape_timeout")
+    if timeout and parse_duration_s(timeout) > parse_duration_s(scrape_interval):
+        config["global"]["scrape_timeout"] = scrape_interval  # Prometheus refuses a longer one
     config["rule_files"] = [str(DEMO / f) for f in config.get("rule_files", [])]
 
     def local(target: str) -> str:
@@ -212,7 +217,7 @@ class Demo:
     def fresh_state_dir(self) -> None:
         if self.dir.exists():
             if not (self.dir / MARKER).exists() and any(self.dir.iterdir()):
-                raise DemoError(f"{self.dir} exists and is not a demo state directory; set VIGIL_DEMO_DIR elsewhere")
+                raise DemoError(f"{self.dir} exists and is not a demo state directory; set DEMO_DIR elsewhere")
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         (self.dir / MARKER).write_text("state of demo/run_local.py; emptied on every start\n")
@@ -289,8 +294,8 @@ class Demo:
         ]
         for child in started:
             child.wait_ready()
+        # VIGIL_* variables a person set still apply (VIGIL_DETECTION_MODEL=iforest, ...).
         env = {**os.environ, "VIGIL_SERVER_TOKEN": self.s["token"]}
-        env = {k: v for k, v in env.items() if not k.startswith("VIGIL_") or k == "VIGIL_SERVER_TOKEN"}
         config = str(self.dir / "vigil.yaml")
         vigil_started = []
         if has_command("vigil.serve"):

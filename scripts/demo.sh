@@ -2,14 +2,14 @@
 # `make demo`: the Vigil demo. With a Docker engine: docker compose (Grafana, Loki, everything).
 # Without one: the same stack from local binaries, minus Grafana and Loki (demo/run_local.py).
 #
-#   VIGIL_DEMO_NO_DOCKER=1 make demo    force the local mode
-#   VIGIL_DEMO_PORT=18080 ...           other ports: see demo/run_local.py
+#   DEMO_NO_DOCKER=1 make demo    force the local mode
+#   DEMO_PORT=18080 ...           other ports: see demo/run_local.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 
 docker_engine() {
-  [ -z "${VIGIL_DEMO_NO_DOCKER:-}" ] || return 1
+  [ -z "${DEMO_NO_DOCKER:-}" ] || return 1
   command -v docker >/dev/null 2>&1 || return 1
   timeout 15 docker info >/dev/null 2>&1 || return 1
   timeout 15 docker compose version >/dev/null 2>&1

@@ -1,6 +1,6 @@
 """``vigil demo-workload``: a fake application's metrics, live, with anomalies injected on a schedule.
 
-Owns: the demo's signal model (a compressed "day" of load per instance, deterministic noise,
+Owns: the demo's signal model (a daily load cycle per instance, deterministic noise,
 scheduled anomalies), serving it live on ``/metrics``, and writing the *same* timeline's past as
 OpenMetrics text for ``promtool tsdb create-blocks-from openmetrics``, so that backfilled history
 and live scrapes join without a seam. Every value is a pure function of ``(seed, instant)``: the
@@ -81,7 +81,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Workload:
-    """The demo application: ``instances`` instances whose load follows a day of ``period_s``.
+    """The demo application: ``instances`` instances whose load follows a cycle of ``period_s``.
+
+    The cycle is a real day by default: Vigil learns time-of-day profiles (15-minute bins), and a
+    day compressed into an hour would look to it like noise within each bin.
 
     ``anomaly_every_s`` splits time into slots; each slot holds one anomaly on one instance's
     metric, lasting a quarter to a half of the slot.
@@ -89,7 +92,7 @@ class Workload:
 
     seed: int = 42
     instances: int = 3
-    period_s: float = 3600.0
+    period_s: float = 86400.0
     anomaly_every_s: float = 240.0
 
     def __post_init__(self) -> None:
@@ -307,7 +310,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9200, help="port of /metrics (default 9200)")
     parser.add_argument("--seed", type=int, default=42, help="the same seed gives the same timeline")
     parser.add_argument("--instances", type=int, default=3, help="instances of the fake app (default 3)")
-    parser.add_argument("--period", default="1h", help="length of one compressed 'day' (default 1h)")
+    parser.add_argument("--period", default="1d",
+                        help="length of the load cycle (default 1d: Vigil's profiles are by time of day)")
     parser.add_argument("--anomaly-every", default="4m", help="one anomaly per this long (default 4m)")
     parser.add_argument("--backfill", metavar="FILE", type=Path,
                         help="write the past --days as OpenMetrics to FILE (for promtool) and exit")
