@@ -327,12 +327,14 @@ def _drop_nulls(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The dashboards
 
-CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~"$instance"}[5m]))'
-MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~"$instance"}'
-               ' / node_memory_MemTotal_bytes{instance=~"$instance"}')
+# Variables go into PromQL raw strings (backticks): simPod interpolates them in Grafana's "regex"
+# format (127\.0\.0\.1:9100), and a backslash-dot is an invalid escape in a double-quoted PromQL string.
+CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~`$instance`}[5m]))'
+MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~`$instance`}'
+               ' / node_memory_MemTotal_bytes{instance=~`$instance`}')
 RESTARTS_EXPR = ('sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total'
-                 '{namespace=~"$namespace"}[5m]))')
-NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~"$namespace"})'
+                 '{namespace=~`$namespace`}[5m]))')
+NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~`$namespace`})'
 ANOMALY_COLUMNS = [("time", "time", "timestamp_epoch"), ("series", "series", "string"),
                    ("value", "value", "number"), ("yhat", "expected", "number"),
                    ("yhat_lower", "expected low", "number"), ("yhat_upper", "expected high", "number"),
