@@ -488,7 +488,10 @@ def test_service_monitors_scrape_both_components(overlay: str) -> None:
         services = [s for s in _find(docs, "Service") if _selects(sm["spec"]["selector"], s["metadata"]["labels"])]
         assert services, f"ServiceMonitor {sm['metadata']['name']} selects no Service"
         for endpoint in sm["spec"]["endpoints"]:
-            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}, endpoint
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels"}, endpoint
+            if sm["metadata"]["name"] == "vigil-worker":
+                # vigil_anomaly_score carries the watched series' own job/instance labels.
+                assert endpoint.get("honorLabels") is True
             assert endpoint["path"] == "/metrics"
             for s in services:
                 assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}

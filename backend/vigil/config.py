@@ -139,6 +139,7 @@ class WorkerSettings:
     shard_count: int = 1
     lookback_s: float = field(default=3600.0, metadata=_meta("how much recent history each run scores"))
     max_backoff_s: float = field(default=300.0, metadata=_meta("longest wait between delivery retries"))
+    max_series: int = field(default=5000, metadata=_meta("most series one job may watch in one shard"))
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,8 @@ def _validate(s: Settings, loader: _Loader) -> None:
             loader.problem(name, "a port number (0-65535)", value)
     for name, value in (("server.workers", s.server.workers), ("server.threads", s.server.threads),
                         ("prometheus.max_points_per_series", s.prometheus.max_points_per_series),
-                        ("detection.cache_size", s.detection.cache_size), ("server.max_series", s.server.max_series)):
+                        ("detection.cache_size", s.detection.cache_size), ("server.max_series", s.server.max_series),
+                        ("worker.max_series", s.worker.max_series)):
         if value < 1:
             loader.problem(name, "at least 1", value)
     if not 0 <= s.worker.shard_index < max(s.worker.shard_count, 1) or s.worker.shard_count < 1:

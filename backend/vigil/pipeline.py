@@ -14,7 +14,7 @@ import math
 import re
 import time as _clock
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -53,6 +53,10 @@ class Query:
     filters: tuple[Matcher, ...] = ()
     ref_id: str = "A"
     legend: str | None = None
+    #: keep only the series this returns true for, before any model is fitted (worker shards)
+    series_filter: Callable[[Mapping[str, str]], bool] | None = field(default=None, compare=False)
+    #: most series to score; defaults to ``server.max_series``
+    max_series: int | None = None
 
 
 @dataclass
@@ -128,9 +132,10 @@ class Detection:
                                       deadline_s=remaining_s())
         except VigilError as exc:
             raise type(exc)(f"{where}: {exc.message}") from None
-        view = [s for s in view if s.times_ms.size]
-        if len(view) > self.settings.server.max_series:
-            raise BadRequest(f"{where} returned {len(view)} series; at most {self.settings.server.max_series} "
+        view = [s for s in view if s.times_ms.size and (query.series_filter is None or query.series_filter(s.labels))]
+        max_series = query.max_series or self.settings.server.max_series
+        if len(view) > max_series:
+            raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")
         if not view:
             return DetectionResult([], notices, expr, step_s)

@@ -122,6 +122,9 @@ class Worker:
             expr=job.query, start_ms=now_ms - lookback_ms, end_ms=now_ms, step_s=job.every_s,
             model=job.model or det.model, train_window_s=job.train_window_s or det.train_window_s,
             sensitivity=job.sensitivity or det.sensitivity, source=job.source, exclude=job.exclude, ref_id=job.name,
+            # Shard before scoring, so each shard fits models for its own series only.
+            series_filter=lambda labels: in_shard(job.name, series_key(labels), self.shard_index, self.shard_count),
+            max_series=self.settings.worker.max_series,
         )
         try:
             result = self.detection.run(query, deadline_s=max(job.every_s, 10.0))
