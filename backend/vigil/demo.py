@@ -211,8 +211,12 @@ class Workload:
     # -- exposition -------------------------------------------------------------------------
 
     def history(self, start_s: float, end_s: float, step_s: float, job: str) -> str:
-        """OpenMetrics text of ``[start_s, end_s)`` at ``step_s``, labelled as the live scrape would be."""
-        t = np.arange(math.ceil(start_s / step_s) * step_s, end_s, step_s, dtype=np.float64)
+        """OpenMetrics text of ``(start_s, end_s]`` at ``step_s``, labelled as the live scrape would be.
+
+        The grid ends exactly at ``end_s``: the closer the last sample is to the first live scrape,
+        the smaller the gap a ``rate()`` window can fall into.
+        """
+        t = end_s - step_s * np.arange(math.ceil((end_s - start_s) / step_s) - 1, -1, -1, dtype=np.float64)
         times_ms = (t * 1000).astype(np.int64)
         families = []
         for metric in METRICS:
@@ -335,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _backfill(workload: Workload, path: Path, *, days: float, step_s: float, job: str) -> int:
     started = time.monotonic()
-    end_s = math.floor(time.time() / step_s) * step_s  # never after now: Prometheus starts later
+    end_s = math.floor(time.time()) - 1.0  # never after now: Prometheus starts later
     start_s = end_s - days * 86400
     text = workload.history(start_s, end_s, step_s, job)
     path.parent.mkdir(parents=True, exist_ok=True)
