@@ -4,8 +4,11 @@
 time-of-day bin (with separate weekday and weekend profiles when a week of history shows they differ),
 and the level is a slowly adapting, spike-clipped correction that tracks growth and settled level
 changes causally (it only looks at earlier points). The spread is a robust scale of the
-residuals per time-of-day bin, shrunk towards the global one. ``anomaly_score`` is the residual in
-spreads divided by the calibrated threshold, so the band edge is exactly ``anomaly_score == 1``.
+residuals per time-of-day bin, shrunk towards the global one. ``anomaly_score`` is the larger of two
+calibrated statistics, each at half the false-alarm budget: the residual in spreads over its
+threshold ``band_z_`` (so the band edge is exactly ``anomaly_score == 1`` for a single point), and
+the mean residual over the last ``shift_window_s`` (30 min) over its threshold ``shift_z_`` (a
+sustained shift of 2-3 spreads is an incident even when no single point leaves the band).
 
 Also the fallback for every other detector: it scores a series with little history, and it gives
 every model its expected band.
@@ -49,8 +52,11 @@ class SeasonalBaseline:
     name = "seasonal"
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, level_half_life_s: float = 6 * 3600.0,
-                 min_band_z: float = 3.0, seasonal_gain: float = 0.1):
+                 min_band_z: float = 3.0, seasonal_gain: float = 0.1, shift_window_s: float = 1800.0,
+                 min_shift_z: float = 1.0):
         self.sensitivity = sensitivity
+        self.shift_window_s = shift_window_s
+        self.min_shift_z = min_shift_z
         self.step_s = step_s
         self.level_half_life_s = level_half_life_s
         self.min_band_z = min_band_z
@@ -64,22 +70,63 @@ class SeasonalBaseline:
             raise ValueError("The 'values' parameter of SeasonalBaseline.fit must have at least one finite value. Got none.")
         self.n_train_ = int(x.size)
         self.train_end_ms_ = int(t[-1])
+        self.slope_ = 0.0  # per ms: growth (a leak, more users) is not a season
+        self.t_ref_ms_ = int(t[-1])
         self._fit_profile(t, x)
         # Two passes: points far outside the first fit (incidents in the training window) are
         # left out of the second, so the model learns normal behaviour only.
         resid = x - self._profile_at(t)
-        z = np.abs(resid - np.median(resid)) / self._global_scale(resid)
+        scale = self._global_scale(resid)
+        z = np.abs(resid - np.median(resid)) / scale
         keep = z < 6.0
-        if keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all():
-            t, x = t[keep], x[keep]
-            self._fit_profile(t, x)
+        refit = keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all()
+        if refit:
+            t, x, resid = t[keep], x[keep], resid[keep]
+        if t.size > 2 and t[-1] - t[0] >= 1.5 * DAY_MS:
+            # A least-squares trend of the residual (points within 3 spreads): a week-old
+            # weekend profile is otherwise a week of growth behind.
+            dt = (t - self.t_ref_ms_).astype(np.float64)
+            near = np.abs(resid - np.median(resid)) < 3 * scale
+            if near.sum() > 2:
+                d, r = dt[near] - dt[near].mean(), resid[near]
+                slope = float((d * (r - r.mean())).sum() / max((d * d).sum(), 1e-12))
+                if abs(slope) * (t[-1] - t[0]) > 0.5 * scale:
+                    self.slope_ = slope
+                    refit = True
+        if refit:
+            self._fit_profile(t, x - self.slope_ * (t - self.t_ref_ms_))
             resid = x - self._profile_at(t)
-        self.level_ = float(np.median(resid[-max(1, min(resid.size, self._level_window(t))):]))
-        self._fit_spread(t, resid - self.level_)
-        z_train = np.abs(resid - self.level_) / self._spread_at(t)
-        alpha = false_alarm_rate(self.sensitivity, self.step_s)
-        self.band_z_ = pot_threshold(z_train, alpha, floor=self.min_band_z)
+        window = max(1, min(resid.size, self._level_window(t)))
+        self._fit_spread(t, resid - float(np.median(resid[-window:])))
+        # Calibrate on residuals from the same causal level the scores will use (started from
+        # the first hours' median), not from an in-sample fit: level errors are part of the noise.
+        # Each point is also compared with a profile that did not see it (leave-one-out medians):
+        # an in-sample median fits its own points, and a band calibrated on them is too narrow.
+        spread = self._spread_at(t)
+        profile = x - resid + 0.5 * self._loo_shift(t, x)  # 0.5: the bin's weight in the smoothing
+        path, self.level_ = self._causal_level(t, x, profile, spread, float(np.median(resid[:window])), int(t[0]))
+        self.train_end_ms_ = int(t[-1])
+        z_train = (x - profile - path) / spread
+        # Half the false-alarm budget for single points, half for sustained shifts.
+        alpha = false_alarm_rate(self.sensitivity, self.step_s) / 2
+        self.band_z_ = pot_threshold(np.abs(z_train), alpha, floor=self.min_band_z)
+        train_step_ms = float(np.median(np.diff(t))) if t.size > 1 else self.step_s * 1000.0
+        shift = np.abs(_trailing_mean(z_train, self._shift_points(train_step_ms)))
+        self.shift_z_ = pot_threshold(shift, alpha, floor=self.min_shift_z)
         return self
+
+    def _loo_shift(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if self.seasonality_ == "none":
+            return np.zeros(x.size)
+        groups = self._bin(t)
+        n_groups = self.n_bins_
+        if self.seasonality_ == "weekly":
+            groups = groups + self.n_bins_ * (_weekday(t) >= 5)
+            n_groups *= 2
+        return _loo_median_shift(x - self.slope_ * (t - self.t_ref_ms_), groups, n_groups)
+
+    def _shift_points(self, step_ms: float) -> int:
+        return int(max(2, round(self.shift_window_s * 1000.0 / max(step_ms, 1.0))))
 
     def _fit_profile(self, t: np.ndarray, x: np.ndarray) -> None:
         """Median per time-of-day bin; separate weekday and weekend profiles when that helps."""
@@ -97,7 +144,8 @@ class SeasonalBaseline:
         bins = self._bin(t)
         daily = _bin_medians(flat_resid, bins, self.n_bins_)
         with_daily = flat_resid - daily[bins]
-        if not _robust_scale(with_daily) < (1 - self.seasonal_gain) * _robust_scale(flat_resid):
+        # Mean absolute deviations decide: a pattern on 2 days of 7 barely moves a median.
+        if not _spread_of(with_daily) < (1 - self.seasonal_gain) * _spread_of(flat_resid):
             return
         self.daily_[:] = daily
         self.seasonality_ = "daily"
@@ -107,21 +155,21 @@ class SeasonalBaseline:
             split[0] = _bin_medians(flat_resid[~weekend], bins[~weekend], self.n_bins_)
             split[1] = _bin_medians(flat_resid[weekend], bins[weekend], self.n_bins_)
             with_split = flat_resid - split[weekend.astype(int), bins]
-            if _robust_scale(with_split) < (1 - self.seasonal_gain / 2) * _robust_scale(with_daily):
+            if _spread_of(with_split) < (1 - self.seasonal_gain / 2) * _spread_of(with_daily):
                 self.daily_ = split
                 self.seasonality_ = "weekly"
 
     def _fit_spread(self, t: np.ndarray, resid: np.ndarray) -> None:
         global_scale = self._global_scale(resid)
         self.scale_ = global_scale
-        bins = self._bin(t)
-        counts = np.bincount(bins, minlength=self.n_bins_)
-        shrink = 20.0
         factor = np.ones(self.n_bins_)
         if self.seasonality_ != "none":
-            for b in np.flatnonzero(counts):
-                local = _robust_scale(resid[bins == b]) or global_scale
-                factor[b] = (counts[b] * local + shrink * global_scale) / ((counts[b] + shrink) * global_scale)
+            bins = self._bin(t)
+            counts = np.bincount(bins, minlength=self.n_bins_)
+            local = _group_robust_scale(resid, bins, self.n_bins_)
+            local = np.where(local > 0, local, global_scale)
+            shrink = 20.0
+            factor = (counts * local + shrink * global_scale) / ((counts + shrink) * global_scale)
         self.spread_factor_ = np.clip(factor, 0.5, 3.0)
 
     def _global_scale(self, resid: np.ndarray) -> float:
@@ -142,7 +190,7 @@ class SeasonalBaseline:
 
     def _profile_at(self, t: np.ndarray) -> np.ndarray:
         daytype = (_weekday(t) >= 5).astype(np.int64)
-        return self.center_ + self.daily_[daytype, self._bin(t)]
+        return self.center_ + self.daily_[daytype, self._bin(t)] + self.slope_ * (t - self.t_ref_ms_)
 
     def _spread_at(self, t: np.ndarray) -> np.ndarray:
         return self.scale_ * self.spread_factor_[self._bin(t)]
@@ -153,32 +201,40 @@ class SeasonalBaseline:
         x = np.asarray(values, dtype=np.float64)
         profile = self._profile_at(t)
         spread = self._spread_at(t)
-        level = self._causal_level(t, x, profile, spread)
+        level, _ = self._causal_level(t, x, profile, spread, self.level_, self.train_end_ms_)
         yhat = profile + level
         z = (x - yhat) / spread
-        score = np.abs(z) / self.band_z_
+        # A sustained shift: the mean residual over the last ``shift_window_s`` (gaps skipped).
+        shift = np.abs(_trailing_mean(z, self._shift_points(self.step_s * 1000.0))) / self.shift_z_
+        score = np.where(np.isfinite(z), np.maximum(np.abs(z) / self.band_z_, shift), np.nan)
         half = self.band_z_ * spread
         return Scores(score, yhat, yhat - half, yhat + half)
 
-    def _causal_level(self, t: np.ndarray, x: np.ndarray, profile: np.ndarray, spread: np.ndarray) -> np.ndarray:
-        """Level before each point: an EWMA of clipped residuals, so spikes barely move it."""
+    def _causal_level(self, t: np.ndarray, x: np.ndarray, profile: np.ndarray, spread: np.ndarray,
+                      current: float, last_ms: int) -> tuple[np.ndarray, float]:
+        """Level before each point (and after the last): an EWMA of clipped residuals, so spikes barely move it."""
         n = x.size
         level = np.empty(n)
-        current = self.level_
-        last_ms = self.train_end_ms_
         clip = 2.0
+        t = t.tolist()
+        x = x.tolist()
+        profile = profile.tolist()
+        spread = spread.tolist()
+        rate = math.log(2) / self.level_half_life_s
         for i in range(n):
             level[i] = current
             xi = x[i]
             if xi != xi:  # NaN: a gap leaves the level as it was
                 continue
-            dt_s = max(0.0, (t[i] - last_ms) / 1000.0)
+            dt_s = (t[i] - last_ms) / 1000.0
             last_ms = t[i]
-            a = 1.0 - math.exp(-dt_s * math.log(2) / self.level_half_life_s) if dt_s else 0.0
+            if dt_s <= 0:
+                continue
+            a = 1.0 - math.exp(-dt_s * rate)
             r = xi - profile[i] - current
             bound = clip * spread[i]
             current += a * (r if -bound < r < bound else (bound if r > 0 else -bound))
-        return level
+        return level, current
 
     # -- explanation helpers -----------------------------------------------------------------
 
@@ -195,6 +251,18 @@ class SeasonalBaseline:
             kind = "weekend" if moment.weekday() >= 5 else "weekday"
             return f"for a {kind} ({_DAY_NAMES[moment.weekday()]}) at {clock}"
         return f"for {clock}"
+
+
+def _trailing_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the finite values among the last ``k`` up to and including each point (causal)."""
+    ok = np.isfinite(a)
+    c = np.concatenate([[0.0], np.cumsum(np.where(ok, a, 0.0))])
+    m = np.concatenate([[0], np.cumsum(ok)])
+    idx = np.arange(1, a.size + 1)
+    lo = np.maximum(0, idx - k)
+    count = m[idx] - m[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (c[idx] - c[lo]) / np.maximum(count, 1), np.nan)
 
 
 def _finite(times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,19 +285,79 @@ def _robust_scale(resid: np.ndarray) -> float:
     return 1.2533 * float(np.mean(trimmed))
 
 
+def _spread_of(resid: np.ndarray) -> float:
+    """Mean absolute deviation from the median, the top 1 % left out (incidents in training)."""
+    dev = np.abs(resid - np.median(resid))
+    return float(np.mean(np.sort(dev)[: max(1, int(0.99 * dev.size))]))
+
+
 def _covers_day(bins: np.ndarray, n_bins: int) -> bool:
     """At least two points in nine of ten time-of-day bins: a whole day has been seen."""
     return bool((np.bincount(bins, minlength=n_bins) >= 2).mean() >= 0.9)
 
 
 def _bin_medians(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
-    out = np.zeros(n_bins)
+    medians, counts = _group_medians(values, bins, n_bins)
+    return _fill_and_smooth(medians, counts > 0)
+
+
+def _group_medians(values: np.ndarray, bins: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` per bin (0 for empty bins) and the counts, without a Python loop."""
     counts = np.bincount(bins, minlength=n_bins)
-    order = np.argsort(bins, kind="stable")
-    groups = np.split(values[order], np.cumsum(counts)[:-1])
-    for b in np.flatnonzero(counts):
-        out[b] = np.median(groups[b])
-    return _fill_and_smooth(out, counts > 0)
+    if values.size == 0:
+        return np.zeros(n_bins), counts
+    ordered = values[np.lexsort((values, bins))]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    safe = np.maximum(counts, 1)
+    lo = ordered[np.minimum(starts + (safe - 1) // 2, values.size - 1)]
+    hi = ordered[np.minimum(starts + safe // 2, values.size - 1)]
+    return np.where(counts > 0, (lo + hi) / 2.0, 0.0), counts
+
+
+def _loo_median_shift(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per point: the median of its group without it, minus the median of the whole group."""
+    order = np.lexsort((values, groups))
+    ordered = values[order]
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    g = groups[order]
+    n = counts[g]
+    pos = np.arange(values.size) - starts[g]  # rank inside the group
+    base = starts[g]
+    last = values.size - 1
+
+    def at(k: np.ndarray) -> np.ndarray:
+        return ordered[np.clip(base + k, 0, last)]
+
+    full = (at((n - 1) // 2) + at(n // 2)) / 2.0
+    even = n % 2 == 0
+    half = n // 2
+    # n even: n-1 left, odd, the median is one element; n odd: n-1 left, even, the mean of two.
+    loo_even = np.where(pos <= half - 1, at(half), at(half - 1))
+    m = (n - 1) // 2
+    loo_odd = np.where(pos < m, (at(m) + at(m + 1)) / 2.0,
+                       np.where(pos > m, (at(m - 1) + at(m)) / 2.0, (at(m - 1) + at(m + 1)) / 2.0))
+    shift_sorted = np.where(n <= 1, 0.0, np.where(even, loo_even, loo_odd) - full)
+    out = np.empty(values.size)
+    out[order] = shift_sorted
+    return out
+
+
+def _group_robust_scale(resid: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    """:func:`_robust_scale` per bin (0 for empty bins), vectorised."""
+    medians, counts = _group_medians(resid, bins, n_bins)
+    dev = np.abs(resid - medians[bins])
+    mad, _ = _group_medians(dev, bins, n_bins)
+    scale = _MAD_TO_SIGMA * mad
+    if (scale[counts > 0] > 0).all():
+        return scale
+    # Quantised bins: the trimmed mean absolute deviation, as in _robust_scale.
+    ordered = dev[np.lexsort((dev, bins))]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = np.maximum(1, (0.95 * counts).astype(np.int64))
+    csum = np.concatenate([[0.0], np.cumsum(ordered)])
+    trimmed = (csum[np.minimum(starts + keep, ordered.size)] - csum[starts]) / keep
+    return np.where(scale > 0, scale, np.where(counts > 0, 1.2533 * trimmed, 0.0))
 
 
 def _fill_and_smooth(profile: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 Training scores are the calibration set. Rates as low as one alarm per series per week (about
 1e-4 per point at a 60 s step) lie beyond the largest training score, so the far tail is
-extrapolated with a peaks-over-threshold fit (an exponential tail over the top few percent, as in
-SPOT, Siffer et al., KDD 2017). An exponential tail is conservative for light-tailed noise:
-Gaussian noise gets a slightly higher threshold than its true quantile, never a lower one.
+extrapolated with a peaks-over-threshold fit: a generalised Pareto tail over the top few percent,
+fitted by the method of moments (as in SPOT, Siffer et al., KDD 2017). Its shape is kept in
+[-0.3, 0.5]: heavy tails get the higher threshold they need, bounded ones (a GC sawtooth, a
+clipped ratio) a threshold just above what training saw instead of a far extrapolation, and
+Gaussian noise lands close to its true quantile. Beyond the training data (``alpha < 1/n``) the
+threshold is never below the largest training score.
 
 Also owns the mapping from a sensitivity word to that rate.
 """
@@ -54,13 +57,23 @@ def pot_threshold(scores: np.ndarray, alpha: float, *, tail_fraction: float = 0.
         threshold = float(np.quantile(s, 1.0 - alpha))
     else:
         excess = s[n - k:] - u
-        beta = float(np.mean(excess))
-        if beta <= 0:
+        mean = float(np.mean(excess))
+        if mean <= 0:
             # A flat tail (quantised or constant scores): any value beyond it is already rare.
             spread = float(s[-1] - s[0]) or (abs(float(s[-1])) * 0.01 or 1e-9)
             threshold = float(s[-1]) + 0.1 * spread
         else:
-            threshold = float(u + beta * math.log(p_u / alpha))
+            var = float(np.var(excess))
+            shape = 0.5 * (1.0 - mean * mean / var) if var > 0 else 0.0
+            shape = min(0.5, max(0.0, shape))
+            scale = 0.5 * mean * (mean * mean / var + 1.0) if var > 0 else mean
+            ratio = p_u / alpha
+            if abs(shape) < 1e-6:
+                threshold = float(u + scale * math.log(ratio))
+            else:
+                threshold = float(u + scale / shape * (ratio ** shape - 1.0))
+            if alpha < 1.0 / n:
+                threshold = max(threshold, float(s[-1]))
     if floor is not None:
         threshold = max(threshold, floor)
     return threshold

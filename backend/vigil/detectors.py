@@ -58,10 +58,13 @@ def is_learned(model: str) -> bool:
 
 def fit_detector(model: str, times_ms: np.ndarray, values: np.ndarray, *, sensitivity: str = "medium",
                  step_s: float = 60.0, min_learned_points: int = MIN_LEARNED_POINTS,
-                 recent: tuple[np.ndarray, np.ndarray] | None = None) -> Detector:
+                 recent: tuple[np.ndarray, np.ndarray] | None = None,
+                 previous: Detector | None = None) -> Detector:
     """Fit ``model`` on the history, or the baseline when the history is too short for it.
 
     ``recent`` is the latest history sampled at ``step_s``, for the learned models' patterns.
+    ``previous`` is the model this fit replaces (the last refit slot's), if any: a learned model
+    reuses its estimator while it is less than a day old, which makes hourly refits cheap.
     """
     detector = make_detector(model, sensitivity=sensitivity, step_s=step_s)
     n_finite = int(np.isfinite(np.asarray(values, dtype=np.float64)).sum())
@@ -69,6 +72,6 @@ def fit_detector(model: str, times_ms: np.ndarray, values: np.ndarray, *, sensit
         baseline = SeasonalBaseline(sensitivity=sensitivity, step_s=step_s).fit(times_ms, values)
         baseline.name = f"seasonal (cold start; {detector.name} after {min_learned_points} points)"
         return baseline
-    if recent is not None and is_learned(model):
-        return detector.fit(times_ms, values, recent=recent)  # type: ignore[call-arg]
+    if is_learned(model):
+        return detector.fit(times_ms, values, recent=recent, previous=previous)  # type: ignore[call-arg]
     return detector.fit(times_ms, values)
