@@ -21,20 +21,20 @@ Injected anomalies are logged as JSON lines on stdout when they start and end.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import math
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 
+from .logs import configure_logging
 from .openmetrics import to_openmetrics
 from .units import format_duration, iso_from_ms, parse_duration_s, s_to_ms
 
@@ -302,11 +302,11 @@ def _merge_same_labels(series: list[tuple[dict[str, str], np.ndarray, np.ndarray
 # The command
 
 
+_logger = logging.getLogger("vigil.demo")
+
+
 def _log(level: str, msg: str, **extra: object) -> None:
-    record = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-              "level": level, "logger": "vigil.demo", "msg": msg, **extra}
-    sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    _logger.log(logging.getLevelName(level.upper()), msg, extra=extra)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging()
     try:
         workload = Workload(seed=args.seed, instances=args.instances, period_s=parse_duration_s(args.period),
                             anomaly_every_s=parse_duration_s(args.anomaly_every))
@@ -393,8 +394,10 @@ def _serve(workload: Workload, host: str, port: int) -> int:
 
     server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     stop = threading.Event()
+    received: list[str] = []
 
     def on_signal(signum, _frame):
+        received.append(signal.Signals(signum).name)
         stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -410,7 +413,7 @@ def _serve(workload: Workload, host: str, port: int) -> int:
     finally:
         stop.set()
         server.server_close()
-    _log("info", "demo workload stopped")
+    _log("info", "demo workload stopped", signal=received[0] if received else None)
     return 0
 
 
