@@ -99,13 +99,23 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for(lambda: _healthy(url), deadline_s=30)
                 body = query_body(start_ms, end_ms, model)
 
-                def panel():
+                def panel() -> bool:
+                    """One panel query; True while models are still training in the background."""
                     r = requests.post(f"{url}/json/query", json=body, timeout=60)
                     assert r.status_code == 200, r.text[:300]
                     frames = r.json()
                     assert len(frames) == args.series and len(frames[0]["fields"][0]["values"]) == VIEW_POINTS
+                    notices = frames[0].get("meta", {}).get("notices", [])
+                    return any("background" in n["text"] for n in notices)
 
-                cold_s = timed(panel)
+                t0 = time.perf_counter()
+                training = panel()
+                cold_s = time.perf_counter() - t0
+                deadline = time.monotonic() + 120
+                while training and time.monotonic() < deadline:
+                    time.sleep(2)
+                    t0 = time.perf_counter()
+                    training = panel()
                 warm_s = statistics.median(timed(panel) for _ in range(args.repeats))
                 rows.append((f"/json/query model={model} cold (fetch + train + score)", cold_s, raw_s))
                 rows.append((f"/json/query model={model} warm (cached models)", warm_s, raw_s))

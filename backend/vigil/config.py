@@ -110,6 +110,8 @@ class DetectionSettings:
     min_train_points: int = 24
     max_train_points: int = field(default=2016, metadata=_meta("training resolution cap per series"))
     cache_size: int = 4096
+    fit_budget_s: float = field(default=5.0, metadata=_meta(
+        "learned-model fitting one panel query may spend before the rest use the baseline until trained"))
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,8 @@ def _env_overrides(environ: Mapping[str, str], loader: _Loader) -> dict[str, dic
     sections = {f.name: f for f in dataclasses.fields(Settings) if f.name != "jobs"}
     out: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
-        if not name.startswith("VIGIL_") or name in ("VIGIL_CONFIG",):
+        # VIGIL_CONFIG names the file and VIGIL_LOG_LEVEL the log level: neither is a setting.
+        if not name.startswith("VIGIL_") or name in ("VIGIL_CONFIG", "VIGIL_LOG_LEVEL"):
             continue
         rest = name[len("VIGIL_"):].lower()
         for section in sections:

@@ -23,11 +23,14 @@ class ModelCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable) -> Any | None:
+    def get(self, key: Hashable, *, count: bool = True) -> Any | None:
+        """The entry, or None; ``count=False`` for look-ups that are not model fetches (stats)."""
         with self._lock:
             model = self._entries.get(key)
             if model is not None:
                 self._entries.move_to_end(key)
+            if not count:
+                return model
             if model is None:
                 self.misses += 1
             else:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time as _clock
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -57,6 +59,9 @@ class Query:
     series_filter: Callable[[Mapping[str, str]], bool] | None = field(default=None, compare=False)
     #: most series to score; defaults to ``server.max_series``
     max_series: int | None = None
+    #: seconds of learned-model fitting one call may spend; past it, series are scored by the
+    #: baseline and their models finish in the background (panels). None: no limit (the worker).
+    fit_budget_s: float | None = None
 
 
 @dataclass
@@ -95,6 +100,10 @@ class Detection:
         self.cache = cache or ModelCache(settings.detection.cache_size)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
+        # Learned models that did not fit within a panel's budget finish here, one at a time.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-fit")
+        self._pending: set[tuple] = set()
+        self._pending_lock = threading.Lock()
 
     def run(self, query: Query, *, deadline_s: float | None = None) -> DetectionResult:
         started = _clock.monotonic()
@@ -122,13 +131,20 @@ class Detection:
             notices.append(f"{expr.strip()} looks like a raw counter: it only grows and resets on restarts; "
                            f"score rate({expr.strip()}[5m]) instead")
         client = self._client(source, where)
-        step_s = self._step_s(query)
+        # Scores are computed from the end of the model's training history, whatever the viewed
+        # start, so that a point's score does not depend on where a panel or a worker run begins
+        # (the causal level and the pattern windows warm up on the same points every time).
+        warmup_start_ms = _TrainingPlan.slot_start_ms(query.start_ms, self.settings)
+        step_s = self._step_s(query.end_ms - warmup_start_ms, query.step_s)
         if step_s > query.step_s:
             notices.append(f"step raised to {format_duration(step_s)} to stay within "
                            f"{self.settings.prometheus.max_points_per_series} points per series")
+        step_ms = int(step_s * 1000)
+        view_start_ms = -(-query.start_ms // step_ms) * step_ms  # on the step grid, like Grafana
+        fetch_start_ms = min(view_start_ms, (warmup_start_ms // step_ms) * step_ms)
 
         try:
-            view = client.query_range(expr, ms_to_s(query.start_ms), ms_to_s(query.end_ms), step_s,
+            view = client.query_range(expr, ms_to_s(fetch_start_ms), ms_to_s(query.end_ms), step_s,
                                       deadline_s=remaining_s())
         except VigilError as exc:
             raise type(exc)(f"{where}: {exc.message}") from None
@@ -147,16 +163,22 @@ class Detection:
             name = series_name(s.labels, legend)
             detector = detectors.get(series_key(s.labels))
             if detector is None:
-                nan = np.full(s.values.size, np.nan)
+                keep = s.times_ms >= view_start_ms
+                nan = np.full(int(keep.sum()), np.nan)
                 scores = Scores(nan, nan, nan, nan)
-                out.append(ScoredSeries(s.labels, s.times_ms, s.values, scores, np.zeros(s.values.size, np.int8),
-                                        [], "none (too little history)", unit, name))
+                out.append(ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], scores,
+                                        np.zeros(nan.size, np.int8), [], "none (too little history)", unit, name))
                 continue
             scores = detector.score(s.times_ms, s.values)
             is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet)
-            episodes = [e._replace(reason=explain(e, detector, unit=unit, series=name)) for e in episodes]
-            out.append(ScoredSeries(s.labels, s.times_ms, s.values, scores, is_anomaly, episodes,
-                                    detector.name, unit, name))
+            # Only what was asked for is returned; an episode that began in the warm-up keeps its start.
+            keep = s.times_ms >= view_start_ms
+            if not keep.any():
+                continue
+            episodes = [e._replace(reason=explain(e, detector, unit=unit, series=name)) for e in episodes
+                        if e.end_ms is None or e.end_ms >= view_start_ms]
+            out.append(ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)),
+                                    is_anomaly[keep], episodes, detector.name, unit, name))
         return DetectionResult(out, notices, expr, step_s)
 
     # -- steps -------------------------------------------------------------------------------
@@ -193,67 +215,65 @@ class Detection:
             raise BadRequest(f"{where}: source must be prometheus or loki; got {source!r}", code="bad_source")
         return self.prometheus
 
-    def _step_s(self, query: Query) -> float:
-        range_s = ms_to_s(query.end_ms - query.start_ms)
-        floor_s = range_s / max(self.settings.prometheus.max_points_per_series - 1, 1)
-        return float(max(1, math.ceil(max(query.step_s, floor_s))))
+    def _step_s(self, range_ms: int, wanted_step_s: float) -> float:
+        floor_s = ms_to_s(range_ms) / max(self.settings.prometheus.max_points_per_series - 1, 1)
+        return float(max(1, math.ceil(max(wanted_step_s, floor_s))))
 
     def _detectors(self, query: Query, source: str, expr: str, client: PrometheusClient, view: list[Series],
                    step_s: float, where: str, remaining_s: Callable[[], float],
                    notices: list[str]) -> dict[str, Detector]:
-        det = self.settings.detection
-        refit_ms = int(det.refit_every_s * 1000)
-        slot = query.start_ms // refit_ms
-        train_end_ms = slot * refit_ms
-        train_start_ms = train_end_ms - int(query.train_window_s * 1000)
-        train_step_s = float(max(step_s, math.ceil(query.train_window_s / det.max_train_points)))
+        plan = _TrainingPlan.for_query(query, self.settings, step_s)
         # The score's meaning depends on the scoring step (false alarms per week), so it is keyed.
-        common = (source, expr, query.model, query.sensitivity, query.train_window_s, train_step_s, step_s,
-                  slot, query.exclude)
+        common = (source, expr, query.model, query.sensitivity, query.train_window_s, plan.train_step_s, step_s,
+                  query.exclude)
+        panel = query.fit_budget_s is not None
         found: dict[str, Detector] = {}
         missing: list[Series] = []
+        stale: list[str] = []
         for s in view:
             key = series_key(s.labels)
-            model = self.cache.get((*common, key))
+            model = self.cache.get((*common, key, plan.slot))
+            if model is None and panel:
+                # A panel may use the model of an earlier refit slot (never a later one: that would
+                # have been trained on what is being viewed) while the new one trains.
+                latest = self.cache.get((*common, key, "latest"), count=False)
+                if latest is not None and plan.slot - self._max_stale_slots <= latest < plan.slot:
+                    model = self.cache.get((*common, key, latest), count=False)
+                    if model is not None:
+                        stale.append(key)
             if model is None:
                 missing.append(s)
             else:
                 found[key] = model
+        if stale:
+            self._refit_later(query, client, expr, common, plan, step_s, stale)
         if not missing:
             return found
-        try:
-            history = client.query_range(expr, ms_to_s(train_start_ms), ms_to_s(train_end_ms), train_step_s,
-                                         deadline_s=remaining_s())
-        except VigilError as exc:
-            raise type(exc)(f"{where}: fetching training history: {exc.message}") from None
-        by_key = {series_key(h.labels): h for h in history}
-        recent_by_key: dict[str, Series] = {}
-        if is_learned(query.model) and train_step_s > step_s:
-            # Learned patterns are step-dependent: learn them at the scoring step, on the latest
-            # history that fits the same point budget (one more bounded query).
-            recent_start_ms = max(train_start_ms, train_end_ms - int(det.max_train_points * step_s * 1000))
-            try:
-                recent = client.query_range(expr, ms_to_s(recent_start_ms), ms_to_s(train_end_ms), step_s,
-                                            deadline_s=remaining_s())
-            except VigilError as exc:
-                raise type(exc)(f"{where}: fetching recent history: {exc.message}") from None
-            recent_by_key = {series_key(r.labels): r for r in recent}
-        cold = 0
+        history, recent = self._fetch_training(query, client, expr, plan, step_s, where, remaining_s)
+        cold = deferred = 0
+        fit_started = _clock.monotonic()
         for s in missing:
             key = series_key(s.labels)
-            h = by_key.get(key)
-            times, values = (h.times_ms, _exclude(h, query.exclude)) if h is not None else (np.empty(0, np.int64), np.empty(0))
+            times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
             t0 = _clock.monotonic()
-            if np.isfinite(values).sum() >= det.min_train_points:
-                r = recent_by_key.get(key)
-                model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                     recent=(r.times_ms, _exclude(r, query.exclude)) if r is not None else None)
-                self.cache.put((*common, key), model)
+            if np.isfinite(values).sum() >= self.settings.detection.min_train_points:
+                over_budget = (panel and is_learned(query.model)
+                               and _clock.monotonic() - fit_started > query.fit_budget_s)
+                if over_budget:
+                    # Answer now with the baseline; the learned model is cached for the next refresh.
+                    model = fit_detector("seasonal", times, values, sensitivity=query.sensitivity, step_s=step_s)
+                    model.name = f"seasonal (while {query.model} trains)"
+                    self._refit_later(query, client, expr, common, plan, step_s, [key])
+                    deferred += 1
+                else:
+                    model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
+                                         recent=recent_pair)
+                    self._store(common, key, plan.slot, model)
             else:
                 # Cold start: a series with little history is scored by the baseline fitted on
                 # the first part of what is viewed (not cached: it depends on the view).
-                head = max(det.min_train_points, s.values.size // 4)
-                if np.isfinite(s.values[:head]).sum() < min(det.min_train_points, 8):
+                head = max(self.settings.detection.min_train_points, s.values.size // 4)
+                if np.isfinite(s.values[:head]).sum() < min(self.settings.detection.min_train_points, 8):
                     continue
                 model = fit_detector("seasonal", s.times_ms[:head], s.values[:head],
                                      sensitivity=query.sensitivity, step_s=step_s)
@@ -262,12 +282,109 @@ class Detection:
             if self.on_fit is not None:
                 self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
             found[key] = model
+        if deferred:
+            notices.append(f"{deferred} series are scored by the seasonal baseline while their {query.model} models "
+                           "train in the background: refresh in a few seconds")
         if cold:
-            notices.append(f"{cold} series had less than {det.min_train_points} points of history before the range "
-                           "and are scored by the seasonal baseline fitted on the start of the range")
+            notices.append(f"{cold} series had less than {self.settings.detection.min_train_points} points of history "
+                           "before the range and are scored by the seasonal baseline fitted on the start of the range")
         if len(found) < len(view):
             notices.append(f"{len(view) - len(found)} series have too little data to score")
         return found
+
+    #: how many refit slots old a model a panel may use while its replacement trains
+    _max_stale_slots = 24
+
+    def _store(self, common: tuple, key: str, slot: int, model: Detector) -> None:
+        self.cache.put((*common, key, slot), model)
+        latest = self.cache.get((*common, key, "latest"), count=False)
+        if latest is None or latest < slot:
+            self.cache.put((*common, key, "latest"), slot)
+
+    def _fetch_training(self, query: Query, client: PrometheusClient, expr: str, plan: "_TrainingPlan",
+                        step_s: float, where: str, remaining_s: Callable[[], float] | None = None
+                        ) -> tuple[dict[str, Series], dict[str, Series]]:
+        """History before the range at the coarse step, and (for learned models) the latest part
+        of it at the scoring step: learned patterns are step-dependent."""
+        def budget() -> float | None:
+            return remaining_s() if remaining_s is not None else None
+
+        try:
+            history = client.query_range(expr, ms_to_s(plan.start_ms), ms_to_s(plan.end_ms), plan.train_step_s,
+                                         deadline_s=budget())
+            recent: list[Series] = []
+            if is_learned(query.model) and plan.train_step_s > step_s:
+                recent = client.query_range(expr, ms_to_s(plan.recent_start_ms(step_s)), ms_to_s(plan.end_ms),
+                                            step_s, deadline_s=budget())
+        except VigilError as exc:
+            raise type(exc)(f"{where}: fetching training history: {exc.message}") from None
+        return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in recent})
+
+    def _refit_later(self, query: Query, client: PrometheusClient, expr: str, common: tuple,
+                     plan: "_TrainingPlan", step_s: float, keys: list[str]) -> None:
+        """Fit ``keys`` for the current slot in the background (one worker thread per process)."""
+        with self._pending_lock:
+            todo = [k for k in keys if (*common, k, plan.slot) not in self._pending]
+            self._pending.update((*common, k, plan.slot) for k in todo)
+        if not todo:
+            return
+
+        def work() -> None:
+            try:
+                history, recent = self._fetch_training(query, client, expr, plan, step_s, f"background fit of {expr!r}")
+                for key in todo:
+                    times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
+                    if np.isfinite(values).sum() < self.settings.detection.min_train_points:
+                        continue
+                    t0 = _clock.monotonic()
+                    model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
+                                         recent=recent_pair)
+                    self._store(common, key, plan.slot, model)
+                    if self.on_fit is not None:
+                        self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
+            except Exception:  # noqa: BLE001 - the next request retries
+                log.exception("background fit failed", extra={"query": query.expr})
+            finally:
+                with self._pending_lock:
+                    self._pending.difference_update((*common, k, plan.slot) for k in todo)
+
+        self._background.submit(work)
+
+
+@dataclass(frozen=True)
+class _TrainingPlan:
+    """Where a query's training history lies: ``train_window`` before the start of its refit slot."""
+
+    slot: int
+    start_ms: int
+    end_ms: int
+    train_step_s: float
+    max_points: int
+
+    @staticmethod
+    def slot_start_ms(start_ms: int, settings: Settings) -> int:
+        refit_ms = int(settings.detection.refit_every_s * 1000)
+        return (start_ms // refit_ms) * refit_ms
+
+    @classmethod
+    def for_query(cls, query: Query, settings: Settings, step_s: float) -> "_TrainingPlan":
+        det = settings.detection
+        refit_ms = int(det.refit_every_s * 1000)
+        slot = query.start_ms // refit_ms
+        end_ms = slot * refit_ms
+        return cls(slot=slot, start_ms=end_ms - int(query.train_window_s * 1000), end_ms=end_ms,
+                   train_step_s=float(max(step_s, math.ceil(query.train_window_s / det.max_train_points))),
+                   max_points=det.max_train_points)
+
+    def recent_start_ms(self, step_s: float) -> int:
+        return max(self.start_ms, self.end_ms - int(self.max_points * step_s * 1000))
+
+
+def _training_arrays(history: Series | None, recent: Series | None, exclude: tuple[ExcludeWindow, ...]):
+    if history is None:
+        return np.empty(0, np.int64), np.empty(0), None
+    recent_pair = (recent.times_ms, _exclude(recent, exclude)) if recent is not None else None
+    return history.times_ms, _exclude(history, exclude), recent_pair
 
 
 def _exclude(series: Series, windows: tuple[ExcludeWindow, ...]) -> np.ndarray:

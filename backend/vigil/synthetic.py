@@ -2,7 +2,7 @@
 
 Owns: the shapes (``cpu``, ``memory``, ``request_rate``, ``error_count``, ``latency``), the anomaly
 kinds planted into them, and the ground truth (``is_anomaly`` per point, ``events`` per anomaly).
-Used by tests, the quality benchmark and the demo workload. Must not: score, fetch or plot.
+Used by the tests and the benchmarks (the demo workload has its own live signal model). Must not: score, fetch or plot.
 
 How a series is made. Each shape has an *expected* value ``e(t)`` (level, trend, daily and weekly
 pattern) and a local *noise scale* ``s(t)`` (the standard deviation of what is not predictable from
