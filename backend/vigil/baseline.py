@@ -83,16 +83,24 @@ class SeasonalBaseline:
         if refit:
             t, x, resid = t[keep], x[keep], resid[keep]
         if t.size > 2 and t[-1] - t[0] >= 1.5 * DAY_MS:
-            # A least-squares trend of the residual (points within 3 spreads): a week-old
+            # A least-squares trend of the residual (points within 3 spreads), re-estimated after
+            # each profile fit (the weekday and weekend profiles soak up part of it): a week-old
             # weekend profile is otherwise a week of growth behind.
             dt = (t - self.t_ref_ms_).astype(np.float64)
-            near = np.abs(resid - np.median(resid)) < 3 * scale
-            if near.sum() > 2:
+            for _ in range(3):
+                near = np.abs(resid - np.median(resid)) < 3 * scale
+                if near.sum() <= 2:
+                    break
                 d, r = dt[near] - dt[near].mean(), resid[near]
                 slope = float((d * (r - r.mean())).sum() / max((d * d).sum(), 1e-12))
-                if abs(slope) * (t[-1] - t[0]) > 0.5 * scale:
-                    self.slope_ = slope
-                    refit = True
+                if abs(slope) * (t[-1] - t[0]) <= 0.25 * scale:
+                    break
+                self.slope_ += slope
+                self._fit_profile(t, x - self.slope_ * dt)
+                resid = x - self._profile_at(t)
+                refit = True
+            if abs(self.slope_) * (t[-1] - t[0]) <= 0.5 * scale:
+                self.slope_ = 0.0
         if refit:
             self._fit_profile(t, x - self.slope_ * (t - self.t_ref_ms_))
             resid = x - self._profile_at(t)
@@ -190,7 +198,14 @@ class SeasonalBaseline:
 
     def _profile_at(self, t: np.ndarray) -> np.ndarray:
         daytype = (_weekday(t) >= 5).astype(np.int64)
-        return self.center_ + self.daily_[daytype, self._bin(t)] + self.slope_ * (t - self.t_ref_ms_)
+        # Linear between bin centres: a steep morning ramp is not a staircase.
+        position = (np.asarray(t, dtype=np.int64) % DAY_MS) / self.bin_ms_ - 0.5
+        low = np.floor(position)
+        frac = position - low
+        low = low.astype(np.int64) % self.n_bins_
+        high = (low + 1) % self.n_bins_
+        seasonal = (1.0 - frac) * self.daily_[daytype, low] + frac * self.daily_[daytype, high]
+        return self.center_ + seasonal + self.slope_ * (t - self.t_ref_ms_)
 
     def _spread_at(self, t: np.ndarray) -> np.ndarray:
         return self.scale_ * self.spread_factor_[self._bin(t)]

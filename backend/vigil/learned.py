@@ -81,7 +81,10 @@ class LearnedDetector:
         normal = np.convolve(base.anomaly_score >= 1.0, np.ones(self.window), mode="full")[: x.size] == 0
         fit_rows = features[normal] if normal.sum() >= 16 else features
         self.estimator_ = self._make_estimator().fit(fit_rows)
-        raw = self._raw(fit_rows)
+        # Calibrate on rows the estimator did not train on when it leaves some out (the SVM):
+        # in-sample kernel scores are optimistic.
+        held_out = getattr(self.estimator_, "held_out_", None)
+        raw = self._raw(fit_rows[held_out] if held_out is not None and held_out.sum() >= 64 else fit_rows)
         self.center_ = float(np.median(raw))
         alpha = false_alarm_rate(self.sensitivity, self.step_s) / 2
         self.threshold_ = max(pot_threshold(raw, alpha), self.center_ + 1e-9)
@@ -233,10 +236,13 @@ class _StandardisedSVM:
         self.mean_ = features.mean(axis=0)
         self.std_ = features.std(axis=0) + 1e-9
         z = (features - self.mean_) / self.std_
-        if z.shape[0] > self.max_train:
-            rng = np.random.default_rng(self.random_state)
-            z = z[rng.choice(z.shape[0], self.max_train, replace=False)]
-        self.svm_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma="scale").fit(z)
+        # Train on at most half of the rows (and max_train); the rest calibrate the score.
+        rng = np.random.default_rng(self.random_state)
+        size = min(self.max_train, max(16, z.shape[0] // 2)) if z.shape[0] >= 128 else z.shape[0]
+        chosen = rng.choice(z.shape[0], size, replace=False)
+        self.held_out_ = np.ones(z.shape[0], dtype=bool)
+        self.held_out_[chosen] = False
+        self.svm_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma="scale").fit(z[chosen])
         return self
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:
