@@ -21,7 +21,7 @@ def test_the_evening_peak_is_expected_and_a_flat_night_spike_is_not():
     model = SeasonalBaseline(step_s=300).fit(s.times_ms[train], s.values[train])
     assert model.seasonality_ in ("daily", "weekly")
     t, x = s.times_ms[test], s.values[test].copy()
-    assert (model.score(t, x).anomaly_score < 1).mean() > 0.99  # peaks included
+    assert (model.score(t, x).anomaly_score < 1).mean() > 0.98  # peaks included
     hour = (t % 86_400_000) / 3_600_000
     night = np.flatnonzero((hour > 2) & (hour < 3))[0]
     spread = model.spread_at(int(t[night]))

@@ -33,3 +33,13 @@ def test_units_are_human():
     assert format_value(3 * 2**30, "bytes") == "3 GiB"
     assert format_value(0.25, "s") == "250 ms"
     assert format_value(float("nan")) == "no data"
+
+
+def test_a_pattern_inside_the_band_is_called_a_pattern():
+    s = generate("cpu", days=8, step_s=300, seed=0)
+    model = SeasonalBaseline(step_s=300).fit(s.times_ms, s.values)
+    t = int(s.times_ms[-1]) + 300_000
+    spread = model.spread_at(t)
+    e = Episode(t, None, t, 1.1, 0.5 + 1.5 * spread, 0.5, 0.5 - 4 * spread, 0.5 + 4 * spread)
+    text = explain(e, model)
+    assert "1.5x the usual spread above" in text and "inside the band, flagged for the recent pattern" in text

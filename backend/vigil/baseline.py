@@ -7,7 +7,7 @@ changes causally (it only looks at earlier points). The spread is a robust scale
 residuals per time-of-day bin, shrunk towards the global one. ``anomaly_score`` is the larger of two
 calibrated statistics, each at half the false-alarm budget: the residual in spreads over its
 threshold ``band_z_`` (so the band edge is exactly ``anomaly_score == 1`` for a single point), and
-the mean residual over the last ``shift_window_s`` (30 min) over its threshold ``shift_z_`` (a
+the mean residual over the last ``shift_window_s`` (1 h) over its threshold ``shift_z_`` (a
 sustained shift of 2-3 spreads is an incident even when no single point leaves the band).
 
 Also the fallback for every other detector: it scores a series with little history, and it gives
@@ -46,15 +46,17 @@ class SeasonalBaseline:
 
     Parameters are stored as given (scikit-learn style); learned state ends in ``_``.
     ``step_s`` is the step of the series that will be *scored*: it sets the per-point
-    false-alarm rate for the sensitivity.
+    false-alarm rate for the sensitivity. ``budget`` is the share of that rate this model may
+    spend (a learned model that adds its own alarms gives the baseline part of it).
     """
 
     name = "seasonal"
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, level_half_life_s: float = 6 * 3600.0,
-                 min_band_z: float = 3.0, seasonal_gain: float = 0.1, shift_window_s: float = 1800.0,
-                 min_shift_z: float = 1.0):
+                 min_band_z: float = 3.0, seasonal_gain: float = 0.1, shift_window_s: float = 3600.0,
+                 min_shift_z: float = 1.0, budget: float = 1.0):
         self.sensitivity = sensitivity
+        self.budget = budget
         self.shift_window_s = shift_window_s
         self.min_shift_z = min_shift_z
         self.step_s = step_s
@@ -116,7 +118,7 @@ class SeasonalBaseline:
         self.train_end_ms_ = int(t[-1])
         z_train = (x - profile - path) / spread
         # Half the false-alarm budget for single points, half for sustained shifts.
-        alpha = false_alarm_rate(self.sensitivity, self.step_s) / 2
+        alpha = self.budget * false_alarm_rate(self.sensitivity, self.step_s) / 2
         self.band_z_ = pot_threshold(np.abs(z_train), alpha, floor=self.min_band_z)
         train_step_ms = float(np.median(np.diff(t))) if t.size > 1 else self.step_s * 1000.0
         shift = np.abs(_trailing_mean(z_train, self._shift_points(train_step_ms)))

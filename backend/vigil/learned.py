@@ -10,7 +10,8 @@ anomalous) are calibrated with the same peaks-over-threshold rule as the baselin
 
 Tree and kernel scores saturate: a point far beyond the training range scores about as high as
 one just beyond it. So the final ``anomaly_score`` is the larger of the learned score and the
-baseline's band score, each calibrated at half of the false-alarm budget: the learned model adds
+baseline's score (band and sustained shift), sharing one false-alarm budget (a third for the
+estimator, two thirds for the baseline): the learned model adds
 the patterns, the band keeps the ranking of extreme values. The baseline supplies ``yhat`` and the
 band, so every model draws the same expected band.
 
@@ -62,8 +63,10 @@ class LearnedDetector:
         the step that will be scored; the history may be coarser (it only needs the seasons).
         ``previous`` (the model this one replaces) lends its estimator while it is young enough.
         """
-        # Half the false-alarm budget for the band, half for the learned patterns.
-        self.baseline_ = SeasonalBaseline(sensitivity=self.sensitivity, step_s=self.step_s / 2).fit(times_ms, values)
+        # The false-alarm budget is shared: most for the band and shift statistics (they keep the
+        # ranking of extreme values), the rest for the patterns only the estimator sees.
+        self.baseline_ = SeasonalBaseline(sensitivity=self.sensitivity, step_s=self.step_s,
+                                          budget=1.0 - self.learned_budget).fit(times_ms, values)
         if (isinstance(previous, type(self)) and previous._params() == self._params()
                 and hasattr(previous, "estimator_")
                 and 0 <= self.baseline_.train_end_ms_ - previous.estimator_fit_ms_ < self.estimator_max_age_s * 1000):
@@ -86,12 +89,14 @@ class LearnedDetector:
         held_out = getattr(self.estimator_, "held_out_", None)
         raw = self._raw(fit_rows[held_out] if held_out is not None and held_out.sum() >= 64 else fit_rows)
         self.center_ = float(np.median(raw))
-        alpha = false_alarm_rate(self.sensitivity, self.step_s) / 2
+        alpha = false_alarm_rate(self.sensitivity, self.step_s) * self.learned_budget
         self.threshold_ = max(pot_threshold(raw, alpha), self.center_ + 1e-9)
         return self
 
     #: points in the local mean and volatility features
     window = 6
+    #: share of the false-alarm budget for the estimator's score (the baseline gets the rest)
+    learned_budget = 1.0 / 3.0
 
     def _features(self, x: np.ndarray, base: Scores) -> np.ndarray:
         """Causal pattern features; NaN values count as a zero residual (no evidence)."""
