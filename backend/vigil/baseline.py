@@ -222,7 +222,11 @@ class SeasonalBaseline:
         yhat = profile + level
         z = (x - yhat) / spread
         # A sustained shift: the mean residual over the last ``shift_window_s`` (gaps skipped).
-        shift = np.abs(_trailing_mean(z, self._shift_points(self.step_s * 1000.0))) / self.shift_z_
+        k = self._shift_points(self.step_s * 1000.0)
+        # At the start of what is scored the window is short: a mean of c < k points is noisier,
+        # so it is shrunk by sqrt(c / k) to the full window's scale.
+        count = np.minimum(np.cumsum(np.isfinite(z)), k)
+        shift = np.abs(_trailing_mean(z, k)) * np.sqrt(count / k) / self.shift_z_
         score = np.where(np.isfinite(z), np.maximum(np.abs(z) / self.band_z_, shift), np.nan)
         half = self.band_z_ * spread
         return Scores(score, yhat, yhat - half, yhat + half)

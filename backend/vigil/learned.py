@@ -116,6 +116,9 @@ class LearnedDetector:
         base = self.baseline_.score(t, x)
         raw = self._raw(self._features(x, base))
         learned = np.maximum(0.0, (raw - self.center_) / (self.threshold_ - self.center_))
+        # The first points of what is scored have short trailing windows the estimator never saw
+        # in training: the baseline alone speaks for them.
+        learned[: self.window - 1] = 0.0
         score = np.where(np.isfinite(x), np.maximum(learned, base.anomaly_score), np.nan)
         return Scores(score, base.yhat, base.yhat_lower, base.yhat_upper)
 
