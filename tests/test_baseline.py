@@ -82,3 +82,22 @@ def test_fitting_a_week_of_history_is_cheap():
     for _ in range(10):
         SeasonalBaseline(step_s=60).fit(s.times_ms, s.values)
     assert (time.perf_counter() - started) / 10 < 0.05
+
+
+def test_one_huge_spike_is_not_read_as_a_sustained_shift():
+    """A burst far outside the band is one short episode; the hour after it is not anomalous."""
+    import numpy as np
+
+    from vigil.baseline import SeasonalBaseline
+
+    rng = np.random.default_rng(7)
+    step_ms = 30_000
+    t = np.arange(0, 3 * 86_400_000, step_ms, dtype=np.int64) + 1_767_225_600_000
+    x = 1.4 + 0.05 * rng.standard_normal(t.size)
+    n_train = int(t.size * 0.8)
+    model = SeasonalBaseline(step_s=30).fit(t[:n_train], x[:n_train])
+    y = x[n_train:].copy()
+    y[10] = 1.4 + 0.05 * 140  # 140 spreads for one point
+    score = model.score(t[n_train:], y).anomaly_score
+    assert score[10] >= 1.0
+    assert np.all(score[12:130] < 1.0), np.round(score[10:40], 2)

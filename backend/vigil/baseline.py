@@ -121,7 +121,7 @@ class SeasonalBaseline:
         alpha = self.budget * false_alarm_rate(self.sensitivity, self.step_s) / 2
         self.band_z_ = pot_threshold(np.abs(z_train), alpha, floor=self.min_band_z)
         train_step_ms = float(np.median(np.diff(t))) if t.size > 1 else self.step_s * 1000.0
-        shift = np.abs(_trailing_mean(z_train, self._shift_points(train_step_ms)))
+        shift = np.abs(_trailing_mean(self._shift_input(z_train), self._shift_points(train_step_ms)))
         self.shift_z_ = pot_threshold(shift, alpha, floor=self.min_shift_z)
         return self
 
@@ -134,6 +134,11 @@ class SeasonalBaseline:
             groups = groups + self.n_bins_ * (_weekday(t) >= 5)
             n_groups *= 2
         return _loo_median_shift(x - self.slope_ * (t - self.t_ref_ms_), groups, n_groups)
+
+    def _shift_input(self, z: np.ndarray) -> np.ndarray:
+        """Residuals clipped at the band edge: a spike is the point score's business, and one
+        point 100 spreads out must not read as an hour-long shift in the trailing mean."""
+        return np.clip(z, -self.band_z_, self.band_z_)
 
     def _shift_points(self, step_ms: float) -> int:
         return int(max(2, round(self.shift_window_s * 1000.0 / max(step_ms, 1.0))))
@@ -226,7 +231,7 @@ class SeasonalBaseline:
         # At the start of what is scored the window is short: a mean of c < k points is noisier,
         # so it is shrunk by sqrt(c / k) to the full window's scale.
         count = np.minimum(np.cumsum(np.isfinite(z)), k)
-        shift = np.abs(_trailing_mean(z, k)) * np.sqrt(count / k) / self.shift_z_
+        shift = np.abs(_trailing_mean(self._shift_input(z), k)) * np.sqrt(count / k) / self.shift_z_
         score = np.where(np.isfinite(z), np.maximum(np.abs(z) / self.band_z_, shift), np.nan)
         half = self.band_z_ * spread
         return Scores(score, yhat, yhat - half, yhat + half)

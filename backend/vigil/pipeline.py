@@ -267,7 +267,7 @@ class Detection:
                     deferred += 1
                 else:
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair)
+                                         recent=recent_pair, previous=self._previous(common, key, plan.slot))
                     self._store(common, key, plan.slot, model)
             else:
                 # Cold start: a series with little history is scored by the baseline fitted on
@@ -294,6 +294,13 @@ class Detection:
 
     #: how many refit slots old a model a panel may use while its replacement trains
     _max_stale_slots = 24
+
+    def _previous(self, common: tuple, key: str, slot: int) -> Detector | None:
+        """The model of the latest earlier slot: a learned refit reuses its estimator (cheap refits)."""
+        latest = self.cache.get((*common, key, "latest"), count=False)
+        if latest is None or latest >= slot:
+            return None
+        return self.cache.get((*common, key, latest), count=False)
 
     def _store(self, common: tuple, key: str, slot: int, model: Detector) -> None:
         self.cache.put((*common, key, slot), model)
@@ -338,7 +345,7 @@ class Detection:
                         continue
                     t0 = _clock.monotonic()
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair)
+                                         recent=recent_pair, previous=self._previous(common, key, plan.slot))
                     self._store(common, key, plan.slot, model)
                     if self.on_fit is not None:
                         self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
