@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from grafana_recorder import GrafanaRecorder
-from vigil.alerts import AlertmanagerSink
 from vigil.annotations import GrafanaSink
-from vigil.config import AlertmanagerSettings, GrafanaSettings, Secret, load_settings
+from vigil.config import GrafanaSettings, Secret, load_settings
 from vigil.detectors import Scores
 from vigil.episodes import Episode
 from vigil.errors import UpstreamUnavailable
@@ -163,7 +162,7 @@ def test_sharding_splits_series_between_workers(settings, tmp_path):
     assert sorted(sum(owners, [])) == sorted(keys) and all(40 < len(o) < 90 for o in owners)
     detection, clock = FakeDetection(), [T0]
     detection.next = [scored(f"host-{i}", [ep(T0)], T0) for i in range(30)]
-    with GrafanaRecorder("t") as grafana:
+    with GrafanaRecorder("t"):
         started = 0
         for index in range(3):
             store_settings = settings.replace(audit={"path": str(tmp_path / f"shard{index}.db")})

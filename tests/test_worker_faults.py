@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from grafana_recorder import GrafanaRecorder
-from realstack import free_port, wait_for
+from realstack import wait_for
 from vigil.audit import AuditStore
 from vigil.openmetrics import to_openmetrics
 

@@ -45,8 +45,8 @@ def explain(episode: Episode, detector, *, unit: str | None = None, series: str 
     inside = episode.yhat_lower <= value <= episode.yhat_upper
     # Inside the band, a single value is not the evidence: the recent pattern is (a sustained
     # shift, a burst of volatility, a series stuck on one value). Say so, or the reason reads wrong.
-    pattern = (f"; inside the band, flagged for the recent pattern (sustained shift, volatility or a "
-               f"stuck value)" if inside else "")
+    pattern = ("; inside the band, flagged for the recent pattern (sustained shift, volatility or a "
+               "stuck value)" if inside else "")
     text = (f"{format_value(value, unit)} is {ratio_text} the usual spread {direction} the expected "
             f"{format_value(expected, unit)}{' ' + context if context else ''} "
             f"(band {format_value(episode.yhat_lower, unit)} to {format_value(episode.yhat_upper, unit)}"

@@ -21,7 +21,7 @@ Pure functions over plain values: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .audit import StoredEpisode

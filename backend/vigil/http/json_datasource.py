@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from ..config import MODELS, SENSITIVITIES, Settings
+from ..config import MODELS, Settings
 from ..errors import BadRequest, VigilError
 from ..frames import FIELDS, to_annotation_frames, to_dataframes
 from ..pipeline import Detection, Query
