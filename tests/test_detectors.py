@@ -35,8 +35,10 @@ def test_the_vectorised_forest_scores_exactly_like_scikit_learn():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((1000, 4))
     forest = _VectorisedForest(IsolationForest(random_state=0)).fit(X)
+    reference = IsolationForest(random_state=0).fit(X)  # the same trees: same data, same seed
     Y = rng.standard_normal((500, 4)) * 3
-    np.testing.assert_allclose(forest.score_samples(Y), forest.forest.score_samples(Y), atol=1e-12)
+    np.testing.assert_allclose(forest.score_samples(Y), reference.score_samples(Y), atol=1e-12)
+    assert forest.forest is None  # only the flat arrays are kept
 
 
 def test_an_hourly_refit_reuses_a_young_estimator_and_replaces_an_old_one():

@@ -110,6 +110,7 @@ class DetectionSettings:
     min_train_points: int = 24
     max_train_points: int = field(default=2016, metadata=_meta("training resolution cap per series"))
     cache_size: int = 4096
+    cache_max_mb: int = field(default=192, metadata=_meta("memory the cached models of one process may use"))
     fit_budget_s: float = field(default=5.0, metadata=_meta(
         "learned-model fitting one panel query may spend before the rest use the baseline until trained"))
 
@@ -142,6 +143,8 @@ class WorkerSettings:
     lookback_s: float = field(default=3600.0, metadata=_meta("how much recent history each run scores"))
     max_backoff_s: float = field(default=300.0, metadata=_meta("longest wait between delivery retries"))
     max_series: int = field(default=5000, metadata=_meta("most series one job may watch in one shard"))
+    cache_max_mb: int = field(default=768, metadata=_meta(
+        "memory for the worker's models: one per watched series (~0.4 MiB for iforest, a few KiB otherwise)"))
 
 
 @dataclass(frozen=True)
@@ -458,7 +461,8 @@ def _validate(s: Settings, loader: _Loader) -> None:
     for name, value in (("server.workers", s.server.workers), ("server.threads", s.server.threads),
                         ("prometheus.max_points_per_series", s.prometheus.max_points_per_series),
                         ("detection.cache_size", s.detection.cache_size), ("server.max_series", s.server.max_series),
-                        ("worker.max_series", s.worker.max_series)):
+                        ("worker.max_series", s.worker.max_series), ("detection.cache_max_mb", s.detection.cache_max_mb),
+                        ("worker.cache_max_mb", s.worker.cache_max_mb)):
         if value < 1:
             loader.problem(name, "at least 1", value)
     if not 0 <= s.worker.shard_index < max(s.worker.shard_count, 1) or s.worker.shard_count < 1:

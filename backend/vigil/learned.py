@@ -181,9 +181,9 @@ class _VectorisedForest:
             t = tree.tree_
             leaf = t.children_left < 0
             roots.append(offset)
-            lefts.append(np.where(leaf, 0, t.children_left) + offset)
-            rights.append(np.where(leaf, 0, t.children_right) + offset)
-            feats.append(np.where(leaf, -1, np.asarray(used)[np.maximum(t.feature, 0)]))
+            lefts.append((np.where(leaf, 0, t.children_left) + offset).astype(np.int32))
+            rights.append((np.where(leaf, 0, t.children_right) + offset).astype(np.int32))
+            feats.append(np.where(leaf, -1, np.asarray(used)[np.maximum(t.feature, 0)]).astype(np.int32))
             thresholds.append(t.threshold)
             leaf_values.append(np.asarray(paths, dtype=np.float64) + np.asarray(leaves, dtype=np.float64) - 1.0)
             depth = max(depth, int(t.max_depth))
@@ -191,10 +191,13 @@ class _VectorisedForest:
         self.left_, self.right_ = np.concatenate(lefts), np.concatenate(rights)
         self.feature_, self.threshold_ = np.concatenate(feats), np.concatenate(thresholds)
         self.leaf_value_ = np.concatenate(leaf_values)
-        self.roots_ = np.asarray(roots)
+        self.roots_ = np.asarray(roots, dtype=np.int32)
         self.max_depth_ = depth
         from sklearn.ensemble._iforest import _average_path_length
         self.denominator_ = len(f.estimators_) * float(_average_path_length([f._max_samples])[0])
+        # The flat arrays are all that scoring needs: keeping scikit-learn's trees as well would
+        # double every cached model's memory.
+        self.forest = None
         return self
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:

@@ -97,7 +97,8 @@ class Detection:
         self.settings = settings
         self.prometheus = prometheus
         self.loki = loki
-        self.cache = cache or ModelCache(settings.detection.cache_size)
+        self.cache = cache or ModelCache(settings.detection.cache_size,
+                                         max_bytes=settings.detection.cache_max_mb * 2**20)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
         # Learned models that did not fit within a panel's budget finish here, one at a time.
@@ -307,6 +308,10 @@ class Detection:
         latest = self.cache.get((*common, key, "latest"), count=False)
         if latest is None or latest < slot:
             self.cache.put((*common, key, "latest"), slot)
+            if latest is not None:
+                # The newest slot's model is all the next refits and panels need; an older one
+                # is refitted on demand if someone scrolls back.
+                self.cache.discard((*common, key, latest))
 
     def _fetch_training(self, query: Query, client: PrometheusClient, expr: str, plan: "_TrainingPlan",
                         step_s: float, where: str, remaining_s: Callable[[], float] | None = None

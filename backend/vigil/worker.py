@@ -290,11 +290,15 @@ def _event_detail(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _make_detection(settings: Settings) -> Any:
+    from .model_cache import ModelCache
     from .pipeline import Detection
     from .prometheus import LokiClient, PrometheusClient
 
     loki = LokiClient.from_settings(settings.loki) if settings.loki.url else None
-    return Detection(settings, PrometheusClient.from_settings(settings.prometheus), loki)
+    # The worker keeps one model per watched series for a whole refit slot: a cache that cannot
+    # hold them all would refit every run. Bounded by memory, not by count.
+    cache = ModelCache(max_entries=10**9, max_bytes=settings.worker.cache_max_mb * 2**20)
+    return Detection(settings, PrometheusClient.from_settings(settings.prometheus), loki, cache=cache)
 
 
 def _make_sinks(settings: Settings) -> dict[str, Any]:

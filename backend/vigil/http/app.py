@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None, *, detection: Detection | None 
 def build_detection(settings: Settings) -> Detection:
     prometheus = PrometheusClient.from_settings(settings.prometheus, on_request=telemetry.record_upstream)
     loki = LokiClient.from_settings(settings.loki, on_request=telemetry.record_upstream) if settings.loki.url else None
-    cache = ModelCache(settings.detection.cache_size, on_lookup=telemetry.record_cache)
+    cache = ModelCache(settings.detection.cache_size, on_lookup=telemetry.record_cache,
+                       max_bytes=settings.detection.cache_max_mb * 2**20)
     return Detection(settings, prometheus, loki, cache, on_fit=telemetry.record_fit)
 
 
