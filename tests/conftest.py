@@ -7,6 +7,8 @@ when the test fails. Helpers to start binaries live in ``realstack.py`` (import 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +31,13 @@ def node_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]
         process.stop()
 
 
-@pytest.fixture
-def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """``prometheus_factory(**kwargs)`` = ``realstack.start_prometheus(tmp_path, **kwargs)``, stopped after the test."""
+@contextmanager
+def _stopped_after(start: Callable[..., Process]) -> Iterator[Callable[..., Process]]:
+    """A factory wrapping ``start``; every process it started is stopped on exit."""
     started: list[Process] = []
 
-    def factory(**kwargs: Any) -> Process:
-        process = start_prometheus(tmp_path, **kwargs)
+    def factory(*args: Any, **kwargs: Any) -> Process:
+        process = start(*args, **kwargs)
         started.append(process)
         return process
 
@@ -44,23 +46,20 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     finally:
         for process in started:
             process.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """``prometheus_factory(**kwargs)`` = ``realstack.start_prometheus(tmp_path, **kwargs)``, stopped after the test."""
+    with _stopped_after(lambda **kwargs: start_prometheus(tmp_path, **kwargs)) as factory:
+        yield factory
 
 
 @pytest.fixture
 def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[[str], Process]]:
     """``alertmanager_factory(config_yaml)`` starts a real Alertmanager, stopped after the test."""
-    started: list[Process] = []
-
-    def factory(config_yaml: str) -> Process:
-        process = start_alertmanager(tmp_path, config_yaml)
-        started.append(process)
-        return process
-
-    try:
+    with _stopped_after(lambda config_yaml: start_alertmanager(tmp_path, config_yaml)) as factory:
         yield factory
-    finally:
-        for process in started:
-            process.stop()
 
 
 SEEDED_METRIC = "vigil_test_cpu"
