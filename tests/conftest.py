@@ -7,9 +7,8 @@ when the test fails. Helpers to start binaries live in ``realstack.py`` (import 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
