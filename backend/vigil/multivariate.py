@@ -55,8 +55,14 @@ class GroupDetector:
         self.max_samples = max_samples
         self.random_state = random_state
 
-    def fit(self, times_ms: np.ndarray, values: np.ndarray, names: Sequence[str] | None = None) -> "GroupDetector":
-        """``values`` is ``(n_points, n_series)``, aligned on ``times_ms``; NaN for gaps."""
+    def fit(self, times_ms: np.ndarray, values: np.ndarray, names: Sequence[str] | None = None,
+            recent: tuple[np.ndarray, np.ndarray] | None = None) -> "GroupDetector":
+        """``values`` is ``(n_points, n_series)``, aligned on ``times_ms``; NaN for gaps.
+
+        The baselines learn the seasons from the whole history, which may be coarser than the
+        scoring step; the forest learns the combinations from ``recent`` (default: the same
+        history), which should be sampled at ``step_s``: the trailing means are step-dependent.
+        """
         t, x = _check(times_ms, values, "fit")
         self.names_ = list(names) if names is not None else [f"series {j}" for j in range(x.shape[1])]
         if len(self.names_) != x.shape[1]:
@@ -64,6 +70,13 @@ class GroupDetector:
                              f"Got {len(self.names_)} instead.")
         self.baselines_ = [SeasonalBaseline(sensitivity=self.sensitivity, step_s=self.step_s).fit(t, x[:, j])
                            for j in range(x.shape[1])]
+        if recent is not None:
+            recent_t, recent_x = _check(recent[0], recent[1], "fit")
+            if recent_x.shape[1] != x.shape[1]:
+                raise ValueError(f"The 'recent' parameter of GroupDetector.fit must hold {x.shape[1]} series. "
+                                 f"Got {recent_x.shape[1]} instead.")
+            if np.isfinite(recent_x).all(axis=1).sum() >= 64:
+                t, x = recent_t, recent_x
         z, m, _ = self._residuals(t, x)
         # Whitened residuals as extra features: axis-parallel trees cannot see "off the diagonal"
         # (user and system CPU moving apart) in the raw residuals, but can along a principal axis.
