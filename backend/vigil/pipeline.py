@@ -4,7 +4,8 @@ Used by the HTTP service for every panel and by the worker for every job run. It
 Flask and never writes to Grafana or Alertmanager. A query's models are trained on the history
 *before* the viewed range (``train_window`` long, ending at the start of the current refit slot),
 fetched once per query at a bounded resolution, and cached per series so that a dashboard
-refresh does not retrain.
+refresh does not retrain. A query with ``group_by`` is scored per group of series by one
+multivariate model instead (``vigil.grouping``), on the same fetched view and training plan.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time as _clock
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -32,7 +33,10 @@ from .promql import Matcher, inject_matchers
 from .series import Series, series_key, series_name
 from .units import format_duration, ms_to_s
 
-__all__ = ["Query", "ScoredSeries", "DetectionResult", "Detection"]
+if TYPE_CHECKING:
+    from .grouping import ScoredGroup
+
+__all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "exclude_windows"]
 
 log = logging.getLogger("vigil.pipeline")
 
@@ -62,6 +66,9 @@ class Query:
     #: seconds of learned-model fitting one call may spend; past it, series are scored by the
     #: baseline and their models finish in the background (panels). None: no limit (the worker).
     fit_budget_s: float | None = None
+    #: label names whose values group the series; each group is scored by one multivariate
+    #: model (``vigil.grouping``). Empty: every series on its own.
+    group_by: tuple[str, ...] = ()
 
 
 @dataclass
@@ -75,6 +82,8 @@ class ScoredSeries:
     model: str
     unit: str | None = None
     name: str = ""
+    #: the key of the group this series was scored in (``group_by`` queries), else ""
+    group: str = ""
 
     @property
     def key(self) -> str:
@@ -83,10 +92,31 @@ class ScoredSeries:
 
 @dataclass
 class DetectionResult:
+    #: every series; in a ``group_by`` query, the members of ``groups`` (scored by their group)
     series: list[ScoredSeries]
     notices: list[str] = field(default_factory=list)
     expr: str = ""
     step_s: float = 0.0
+    #: ``group_by`` queries only: the groups, which own the episodes
+    groups: list["ScoredGroup"] = field(default_factory=list)
+
+
+@dataclass
+class FetchedView:
+    """What one query fetched and how: shared by the per-series and the per-group scoring."""
+
+    query: Query
+    expr: str
+    source: str
+    unit: str | None
+    legend: str | None
+    where: str
+    client: PrometheusClient
+    step_s: float
+    view_start_ms: int
+    series: list[Series]
+    notices: list[str]
+    remaining_s: Callable[[], float]
 
 
 class Detection:
@@ -107,6 +137,23 @@ class Detection:
         self._pending_lock = threading.Lock()
 
     def run(self, query: Query, *, deadline_s: float | None = None) -> DetectionResult:
+        fetched = self.fetch_view(query, deadline_s=deadline_s)
+        if not fetched.series:
+            return DetectionResult([], fetched.notices, fetched.expr, fetched.step_s)
+        if query.group_by:
+            from .grouping import score_groups  # grouping builds on this module
+
+            return score_groups(self, fetched)
+        detectors = self.detectors(fetched, fetched.series)
+        out = []
+        for s in fetched.series:
+            scored = self.score_series(fetched, s, detectors.get(series_key(s.labels)))
+            if scored is not None:
+                out.append(scored)
+        return DetectionResult(out, fetched.notices, fetched.expr, fetched.step_s)
+
+    def fetch_view(self, query: Query, *, deadline_s: float | None = None) -> FetchedView:
+        """Validate ``query``, resolve its expression and step, and fetch what it views (plus warm-up)."""
         started = _clock.monotonic()
         budget_s = deadline_s if deadline_s is not None else self.settings.server.request_timeout_s
 
@@ -154,33 +201,31 @@ class Detection:
         if len(view) > max_series:
             raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")
-        if not view:
-            return DetectionResult([], notices, expr, step_s)
+        return FetchedView(query, expr, source, unit, legend, where, client, step_s, view_start_ms, view, notices,
+                           remaining_s)
 
-        detectors = self._detectors(query, source, expr, client, view, step_s, where, remaining_s, notices)
-        out = []
-        quiet = quiet_points_for(step_s)
-        for s in view:
-            name = series_name(s.labels, legend)
-            detector = detectors.get(series_key(s.labels))
-            if detector is None:
-                keep = s.times_ms >= view_start_ms
-                nan = np.full(int(keep.sum()), np.nan)
-                scores = Scores(nan, nan, nan, nan)
-                out.append(ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], scores,
-                                        np.zeros(nan.size, np.int8), [], "none (too little history)", unit, name))
-                continue
-            scores = detector.score(s.times_ms, s.values)
-            is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet)
-            # Only what was asked for is returned; an episode that began in the warm-up keeps its start.
-            keep = s.times_ms >= view_start_ms
-            if not keep.any():
-                continue
-            episodes = [e._replace(reason=explain(e, detector, unit=unit, series=name)) for e in episodes
-                        if e.end_ms is None or e.end_ms >= view_start_ms]
-            out.append(ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)),
-                                    is_anomaly[keep], episodes, detector.name, unit, name))
-        return DetectionResult(out, notices, expr, step_s)
+    def score_series(self, fetched: FetchedView, s: Series, detector: Detector | None) -> ScoredSeries | None:
+        """One series scored by its detector (None: too little history), cut to the viewed range."""
+        name = series_name(s.labels, fetched.legend)
+        keep = s.times_ms >= fetched.view_start_ms
+        if detector is None:
+            nan = np.full(int(keep.sum()), np.nan)
+            return ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(nan, nan, nan, nan),
+                                np.zeros(nan.size, np.int8), [], "none (too little history)", fetched.unit, name)
+        scores = detector.score(s.times_ms, s.values)
+        is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet_points_for(fetched.step_s))
+        # Only what was asked for is returned; an episode that began in the warm-up keeps its start.
+        if not keep.any():
+            return None
+        episodes = [e._replace(reason=explain(e, detector, unit=fetched.unit, series=name)) for e in episodes
+                    if e.end_ms is None or e.end_ms >= fetched.view_start_ms]
+        return ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)),
+                            is_anomaly[keep], episodes, detector.name, fetched.unit, name)
+
+    def detectors(self, fetched: FetchedView, series: list[Series]) -> dict[str, Detector]:
+        """Fitted (or cached) per-series detectors for ``series`` of ``fetched``, keyed by series key."""
+        return self._detectors(fetched.query, fetched.source, fetched.expr, fetched.client, series, fetched.step_s,
+                               fetched.where, fetched.remaining_s, fetched.notices)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -269,7 +314,7 @@ class Detection:
                 else:
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
                                          recent=recent_pair, previous=self._previous(common, key, plan.slot))
-                    self._store(common, key, plan.slot, model)
+                    self.store_model(common, key, plan.slot, model)
             else:
                 # Cold start: a series with little history is scored by the baseline fitted on
                 # the first part of what is viewed (not cached: it depends on the view).
@@ -303,7 +348,8 @@ class Detection:
             return None
         return self.cache.get((*common, key, latest), count=False)
 
-    def _store(self, common: tuple, key: str, slot: int, model: Detector) -> None:
+    def store_model(self, common: tuple, key: Hashable, slot: int, model: Any) -> None:
+        """Cache ``model`` for ``slot``; the newest slot's model replaces older ones of the same key."""
         self.cache.put((*common, key, slot), model)
         latest = self.cache.get((*common, key, "latest"), count=False)
         if latest is None or latest < slot:
@@ -314,23 +360,34 @@ class Detection:
                 self.cache.discard((*common, key, latest))
 
     def _fetch_training(self, query: Query, client: PrometheusClient, expr: str, plan: "_TrainingPlan",
-                        step_s: float, where: str, remaining_s: Callable[[], float] | None = None
-                        ) -> tuple[dict[str, Series], dict[str, Series]]:
+                        step_s: float, where: str, remaining_s: Callable[[], float] | None = None,
+                        *, recent: bool | None = None) -> tuple[dict[str, Series], dict[str, Series]]:
         """History before the range at the coarse step, and (for learned models) the latest part
         of it at the scoring step: learned patterns are step-dependent."""
         def budget() -> float | None:
             return remaining_s() if remaining_s is not None else None
 
+        want_recent = is_learned(query.model) if recent is None else recent
         try:
             history = client.query_range(expr, ms_to_s(plan.start_ms), ms_to_s(plan.end_ms), plan.train_step_s,
                                          deadline_s=budget())
-            recent: list[Series] = []
-            if is_learned(query.model) and plan.train_step_s > step_s:
-                recent = client.query_range(expr, ms_to_s(plan.recent_start_ms(step_s)), ms_to_s(plan.end_ms),
+            latest: list[Series] = []
+            if want_recent and plan.train_step_s > step_s:
+                latest = client.query_range(expr, ms_to_s(plan.recent_start_ms(step_s)), ms_to_s(plan.end_ms),
                                             step_s, deadline_s=budget())
         except VigilError as exc:
             raise type(exc)(f"{where}: fetching training history: {exc.message}") from None
-        return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in recent})
+        return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
+
+    def training_plan(self, fetched: FetchedView) -> "_TrainingPlan":
+        """Where the models of ``fetched`` train: ``train_window`` before the start of its refit slot."""
+        return _TrainingPlan.for_query(fetched.query, self.settings, fetched.step_s)
+
+    def fetch_training(self, fetched: FetchedView, plan: "_TrainingPlan", *, recent: bool
+                       ) -> tuple[dict[str, Series], dict[str, Series]]:
+        """The history of ``plan`` by series key (and, with ``recent``, its latest part at the scoring step)."""
+        return self._fetch_training(fetched.query, fetched.client, fetched.expr, plan, fetched.step_s,
+                                    fetched.where, fetched.remaining_s, recent=recent)
 
     def _refit_later(self, query: Query, client: PrometheusClient, expr: str, common: tuple,
                      plan: "_TrainingPlan", step_s: float, keys: list[str]) -> None:
@@ -351,7 +408,7 @@ class Detection:
                     t0 = _clock.monotonic()
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
                                          recent=recent_pair, previous=self._previous(common, key, plan.slot))
-                    self._store(common, key, plan.slot, model)
+                    self.store_model(common, key, plan.slot, model)
                     if self.on_fit is not None:
                         self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
             except Exception:  # noqa: BLE001 - the next request retries
@@ -395,11 +452,11 @@ class _TrainingPlan:
 def _training_arrays(history: Series | None, recent: Series | None, exclude: tuple[ExcludeWindow, ...]):
     if history is None:
         return np.empty(0, np.int64), np.empty(0), None
-    recent_pair = (recent.times_ms, _exclude(recent, exclude)) if recent is not None else None
-    return history.times_ms, _exclude(history, exclude), recent_pair
+    recent_pair = (recent.times_ms, exclude_windows(recent, exclude)) if recent is not None else None
+    return history.times_ms, exclude_windows(history, exclude), recent_pair
 
 
-def _exclude(series: Series, windows: tuple[ExcludeWindow, ...]) -> np.ndarray:
+def exclude_windows(series: Series, windows: tuple[ExcludeWindow, ...]) -> np.ndarray:
     values = series.values
     if not windows:
         return values
