@@ -4,6 +4,11 @@ Field names are the score vocabulary (``value``, ``yhat``, ``yhat_lower``, ``yha
 ``anomaly_score``, ``is_anomaly``, ``anomaly``); display names are ``"<series> expected low"``
 and so on, so dashboard overrides can match them by suffix. Field config carries units, the
 score threshold, the band fill and the anomaly points, so a panel looks right untouched.
+
+A ``group_by`` query gives the same frame per member (its own value and band, the GROUP's score
+and ``is_anomaly``) plus, per group, a frame of each member's ``contribution`` (0-1: what drove
+the group's score); its annotations and episodes are the groups', and its Infinity rows carry
+``group`` and ``contribution``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from .pipeline import DetectionResult, ScoredSeries
 from .series import series_key
 
+if TYPE_CHECKING:
+    from .grouping import ScoredGroup
+
 __all__ = ["FIELDS", "to_dataframes", "to_annotation_frames", "to_rows", "json_values"]
 
-#: What a panel may ask for in ``payload.fields``; ``band`` means both band edges.
-FIELDS = ("value", "yhat", "band", "anomaly_score", "is_anomaly", "anomalies")
+#: What a panel may ask for in ``payload.fields``; ``band`` means both band edges;
+#: ``contributions`` is the per-group frame of a ``group_by`` query.
+FIELDS = ("value", "yhat", "band", "anomaly_score", "is_anomaly", "anomalies", "contributions")
 
 _SUFFIX = {
     "value": "",
@@ -28,6 +39,7 @@ _SUFFIX = {
     "anomaly_score": " anomaly score",
     "is_anomaly": " is anomaly",
     "anomaly": " anomaly",
+    "contribution": " contribution",
 }
 
 
@@ -83,14 +95,42 @@ def _frame(s: ScoredSeries, ref_id: str, fields: set[str]) -> dict[str, Any]:
             **unit, "color": {"mode": "fixed", "fixedColor": "red"},
             "custom": {"drawStyle": "points", "pointSize": 9, "showPoints": "always", "lineWidth": 0},
         }))
-    return {"name": s.name, "refId": ref_id, "fields": out,
-            "meta": {"custom": {"model": s.model, "episodes": len(s.episodes)}}}
+    custom: dict[str, Any] = {"model": s.model, "episodes": len(s.episodes)}
+    if s.group:
+        custom["group"] = s.group
+    return {"name": s.name, "refId": ref_id, "fields": out, "meta": {"custom": custom}}
+
+
+def _contributions_frame(g: "ScoredGroup", ref_id: str) -> dict[str, Any]:
+    """Time plus one ``contribution`` field per member (0-1, stacked): who drove the group's score."""
+    scored = np.isfinite(g.anomaly_score)
+    out: list[dict[str, Any]] = [{"name": "time", "type": "time", "values": g.times_ms.tolist(), "config": {}}]
+    for j, (member, short) in enumerate(zip(g.members, g.member_names)):
+        out.append({
+            "name": "contribution",
+            "type": "number",
+            "labels": member.labels,
+            "values": json_values(np.where(scored, g.contributions[:, j], np.nan)),
+            "config": {"displayNameFromDS": f"{g.name} {short}{_SUFFIX['contribution']}", "unit": "percentunit",
+                       "min": 0, "max": 1, "decimals": 2,
+                       "custom": {"fillOpacity": 40, "lineWidth": 1, "stacking": {"mode": "normal", "group": g.key}}},
+        })
+    return {"name": f"{g.name} contributions", "refId": ref_id, "fields": out,
+            "meta": {"custom": {"group": g.key, "group_labels": g.labels, "model": g.model,
+                                "episodes": len(g.episodes), "members": list(g.member_names)}}}
 
 
 def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = FIELDS) -> list[dict[str, Any]]:
-    """One DataFrame per series; notices (step raised, cold start) ride on the first frame."""
+    """One DataFrame per series (and per group, its contributions); notices ride on the first frame."""
     wanted = set(fields)
-    frames = [_frame(s, ref_id, wanted) for s in result.series]
+    if result.groups:
+        frames = []
+        for g in result.groups:
+            frames.extend(_frame(s, ref_id, wanted) for s in g.members)
+            if "contributions" in wanted:
+                frames.append(_contributions_frame(g, ref_id))
+    else:
+        frames = [_frame(s, ref_id, wanted) for s in result.series]
     if result.notices:
         notices = [{"severity": "warning", "text": text} for text in result.notices]
         if frames:
@@ -101,16 +141,19 @@ def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = 
 
 
 def to_annotation_frames(result: DetectionResult, ref_id: str, tags: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """One frame of regions (``time``, ``timeEnd``, ``title``, ``text``, ``tags``): one per episode."""
+    """One frame of regions (``time``, ``timeEnd``, ``title``, ``text``, ``tags``): one per episode
+    (of each group, in a ``group_by`` query: tagged ``group`` plus the group's labels)."""
     starts, ends, titles, texts, all_tags = [], [], [], [], []
-    for s in result.series:
+    grouped = bool(result.groups)
+    for s in (result.groups if grouped else result.series):
         last_ms = int(s.times_ms[-1]) if s.times_ms.size else 0
         for e in s.episodes:
             starts.append(e.start_ms)
             ends.append(e.end_ms if e.end_ms is not None else last_ms)
             titles.append(f"Anomaly: {s.name}" + (" (ongoing)" if e.end_ms is None else ""))
             texts.append(e.reason)
-            all_tags.append(["anomaly", *tags, *(f"{k}:{v}" for k, v in sorted(s.labels.items()) if k != "__name__")])
+            all_tags.append(["anomaly", *tags, *(["group"] if grouped else []),
+                             *(f"{k}:{v}" for k, v in sorted(s.labels.items()) if k != "__name__")])
     if not starts:
         return []
     return [{
@@ -127,41 +170,67 @@ def to_annotation_frames(result: DetectionResult, ref_id: str, tags: Iterable[st
 
 
 _ROW_KEYS = ("time", "series", "value", "anomaly_score", "is_anomaly", "yhat", "yhat_lower", "yhat_upper", "model")
+_GROUP_ROW_KEYS = ("group", "member", "contribution")
 
 
 def to_rows(result: DetectionResult, *, latest: bool = False, only_anomalies: bool = False) -> list[dict[str, Any]]:
     """Long rows for Infinity: ``{time, series, <labels>, value, anomaly_score, is_anomaly, yhat...}``.
 
-    A label that collides with a row key is renamed ``label_<name>``.
+    In a ``group_by`` query each member's rows also carry ``group`` (the group's key), ``member``
+    (its short name in the group's reasons) and ``contribution`` (0-1), and ``anomaly_score`` and
+    ``is_anomaly`` are the group's. A label that
+    collides with a row key is renamed ``label_<name>``.
     """
+    if not result.groups:
+        return [row for s in result.series for row in _rows(s, latest, only_anomalies)]
     rows: list[dict[str, Any]] = []
-    for s in result.series:
-        labels = {(f"label_{k}" if k in _ROW_KEYS else k): v for k, v in s.labels.items()}
-        columns = {
-            "value": json_values(s.values),
-            "anomaly_score": json_values(s.scores.anomaly_score),
-            "yhat": json_values(s.scores.yhat),
-            "yhat_lower": json_values(s.scores.yhat_lower),
-            "yhat_upper": json_values(s.scores.yhat_upper),
-        }
-        indices: Iterable[int] = range(s.times_ms.size)
-        if only_anomalies:
-            indices = np.flatnonzero(s.is_anomaly).tolist()
-        if latest:
-            finite = np.flatnonzero(np.isfinite(s.scores.anomaly_score))
-            indices = [int(finite[-1])] if finite.size else []
-        key = series_key({k: v for k, v in s.labels.items() if k != "__name__"}) or s.name
-        for i in indices:
-            rows.append({
-                "time": int(s.times_ms[i]),
-                "series": key,
-                **labels,
-                "value": columns["value"][i],
-                "anomaly_score": columns["anomaly_score"][i],
-                "is_anomaly": int(s.is_anomaly[i]),
-                "yhat": columns["yhat"][i],
-                "yhat_lower": columns["yhat_lower"][i],
-                "yhat_upper": columns["yhat_upper"][i],
-                "model": s.model,
-            })
+    for g in result.groups:
+        keys = [_row_series(s) for s in g.members]
+        if len(set(keys)) < len(keys):  # members told apart by their metric name only
+            keys = [series_key(s.labels) for s in g.members]
+        for j, s in enumerate(g.members):
+            contribution = json_values(np.where(np.isfinite(g.anomaly_score), g.contributions[:, j], np.nan))
+            rows.extend(_rows(s, latest, only_anomalies, series=keys[j],
+                              group={"group": g.key, "member": g.member_names[j]}, contribution=contribution))
+    return rows
+
+
+def _row_series(s: ScoredSeries) -> str:
+    return series_key({k: v for k, v in s.labels.items() if k != "__name__"}) or s.name
+
+
+def _rows(s: ScoredSeries, latest: bool, only_anomalies: bool, *, series: str | None = None,
+          group: dict[str, str] | None = None, contribution: list[Any] | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    taken = _ROW_KEYS + (_GROUP_ROW_KEYS if group is not None else ())
+    labels = {(f"label_{k}" if k in taken else k): v for k, v in s.labels.items()}
+    columns = {
+        "value": json_values(s.values),
+        "anomaly_score": json_values(s.scores.anomaly_score),
+        "yhat": json_values(s.scores.yhat),
+        "yhat_lower": json_values(s.scores.yhat_lower),
+        "yhat_upper": json_values(s.scores.yhat_upper),
+    }
+    indices: Iterable[int] = range(s.times_ms.size)
+    if only_anomalies:
+        indices = np.flatnonzero(s.is_anomaly).tolist()
+    if latest:
+        finite = np.flatnonzero(np.isfinite(s.scores.anomaly_score))
+        indices = [int(finite[-1])] if finite.size else []
+    key = series or _row_series(s)
+    for i in indices:
+        rows.append({
+            "time": int(s.times_ms[i]),
+            "series": key,
+            **labels,
+            "value": columns["value"][i],
+            "anomaly_score": columns["anomaly_score"][i],
+            "is_anomaly": int(s.is_anomaly[i]),
+            "yhat": columns["yhat"][i],
+            "yhat_lower": columns["yhat_lower"][i],
+            "yhat_upper": columns["yhat_upper"][i],
+            "model": s.model,
+            **(group or {}),
+            **({"contribution": contribution[i]} if contribution is not None else {}),
+        })
     return rows

@@ -8,14 +8,14 @@ from typing import Any, Iterable, Mapping
 
 from flask import request
 
-from ..config import MODELS, SENSITIVITIES, Settings
+from ..config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
 from ..errors import BadRequest
 from ..frames import FIELDS
 from ..units import parse_duration_s
 
 __all__ = ["read_json", "reject_unknown", "DetectionOptions", "detection_options", "as_bool"]
 
-OPTION_KEYS = ("model", "sensitivity", "train_window", "source", "legend", "fields")
+OPTION_KEYS = ("model", "sensitivity", "train_window", "source", "legend", "fields", "group_by")
 
 
 def read_json(*, default: Any = None) -> Any:
@@ -59,9 +59,12 @@ class DetectionOptions:
     source: str
     legend: str | None
     fields: tuple[str, ...]
+    group_by: tuple[str, ...] = ()
 
 
-def detection_options(obj: Mapping[str, Any], settings: Settings, where: str) -> DetectionOptions:
+def detection_options(obj: Mapping[str, Any], settings: Settings, where: str, *, prefix: str = "") -> DetectionOptions:
+    """The detection options of a panel's payload or an Infinity body; ``prefix`` is how the
+    message names a field (``payload.`` for simPod)."""
     det = settings.detection
     model = obj.get("model") or det.model
     if model not in MODELS:
@@ -87,4 +90,17 @@ def detection_options(obj: Mapping[str, Any], settings: Settings, where: str) ->
         fields = [f.strip() for f in fields.split(",") if f.strip()]
     if not isinstance(fields, (list, tuple)) or not all(f in FIELDS for f in fields):
         raise BadRequest(f"{where}: fields must be a list of {', '.join(FIELDS)}; got {fields!r}", code="bad_field")
-    return DetectionOptions(model, sensitivity, train_window_s, source, legend, tuple(fields))
+    return DetectionOptions(model, sensitivity, train_window_s, source, legend, tuple(fields),
+                            group_by_option(obj.get("group_by"), f"{where}: {prefix}group_by"))
+
+
+def group_by_option(value: Any, where: str) -> tuple[str, ...]:
+    """``["instance"]`` or ``"instance, job"`` -> ``("instance", "job")``; absent or empty -> ``()``."""
+    if value in (None, "", []):
+        return ()
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+    if (not isinstance(names, list) or not names
+            or not all(isinstance(n, str) and LABEL_NAME.match(n) for n in names)):
+        raise BadRequest(f"{where} must be a list of label names such as [\"instance\"] (or \"instance,job\"); "
+                         f"got {value!r}", code="bad_group_by")
+    return tuple(dict.fromkeys(names))

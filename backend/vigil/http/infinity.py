@@ -3,7 +3,9 @@
 Infinity's backend parser works in alert rules, so Grafana-managed alerts can use these rows.
 The body is JSON even when it arrives as ``text/plain`` (Infinity's default); GET with query
 parameters works too. ``from``/``to`` are epoch ms (``${__timeFrom}``/``${__timeTo}``), epoch
-seconds, ISO-8601, or ``now-6h``-style relative times.
+seconds, ISO-8601, or ``now-6h``-style relative times. ``group_by`` (a list of label names, or
+``"instance,job"``, also as a GET parameter) scores each group of series as one multivariate
+model; its rows then carry ``group``, ``member`` and ``contribution`` (see ``frames.to_rows``).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
         result = current_app.extensions["vigil.detection"].run(Query(
             expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
             train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
-            ref_id="infinity", legend=opts.legend,
+            ref_id="infinity", legend=opts.legend, group_by=opts.group_by,
             fit_budget_s=settings.detection.fit_budget_s))
         rows = to_rows(result, latest=as_bool(body.get("latest", False), f"{where}: latest"),
                        only_anomalies=as_bool(body.get("only_anomalies", False), f"{where}: only_anomalies"))

@@ -42,6 +42,7 @@ _PAYLOADS = [
     {"name": "legend", "label": "Legend", "type": "input", "width": 20, "placeholder": "{{instance}}"},
     {"name": "source", "label": "Source", "type": "select", "width": 14, "placeholder": "prometheus",
      "options": [{"label": "Prometheus", "value": "prometheus"}, {"label": "Loki", "value": "loki"}]},
+    {"name": "group_by", "label": "Group by (multivariate)", "type": "input", "width": 20, "placeholder": "instance"},
 ]
 
 
@@ -104,12 +105,12 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
             if not isinstance(payload, dict):
                 raise BadRequest(f"{where}: payload must be a JSON object; got {payload!r}", code="bad_payload")
             reject_unknown(payload, PAYLOAD_KEYS, f"{where}: payload")
-            opts = detection_options(payload, settings, where)
+            opts = detection_options(payload, settings, where, prefix="payload.")
             result = detection().run(Query(
                 expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
                 train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
-                filters=filters, ref_id=ref_id, legend=opts.legend,
-            fit_budget_s=settings.detection.fit_budget_s))
+                filters=filters, ref_id=ref_id, legend=opts.legend, group_by=opts.group_by,
+                fit_budget_s=settings.detection.fit_budget_s))
             if as_bool(payload.get("annotations", False), f"{where}: payload.annotations"):
                 frames.extend(to_annotation_frames(result, ref_id))
             else:
