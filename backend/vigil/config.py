@@ -46,6 +46,7 @@ __all__ = [
     "check_config",
     "SENSITIVITIES",
     "MODELS",
+    "LABEL_NAME",
 ]
 
 #: Detector aliases a configuration or a request may name (see ``vigil.detectors``).
@@ -169,6 +170,8 @@ class JobSettings:
     dashboard_uid: str | None = None
     panel_id: int | None = None
     exclude: tuple[ExcludeWindow, ...] = ()
+    group_by: tuple[str, ...] = field(default=(), metadata=_meta(
+        "label names: score each group of series with these labels' values as one multivariate model"))
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class Settings:
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+#: a Prometheus label name (``group_by`` entries)
+LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _yaml_key(attr: str) -> str:
@@ -338,6 +343,11 @@ class _Loader:
             return {k: str(v) for k, v in value.items()}
         if origin is tuple:
             (item_type, _) = typing.get_args(base)
+            if item_type is str:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    self.problem(where, "a list of strings", value)
+                    return _INVALID
+                return tuple(value)
             if not isinstance(value, list):
                 self.problem(where, "a list", value)
                 return _INVALID
@@ -489,6 +499,11 @@ def _validate(s: Settings, loader: _Loader) -> None:
             loader.problem(f"{where}.sensitivity", f"one of {', '.join(SENSITIVITIES)}", job.sensitivity)
         if job.severity not in ("info", "warning", "critical"):
             loader.problem(f"{where}.severity", "info, warning or critical", job.severity)
+        for j, name in enumerate(job.group_by):
+            if not LABEL_NAME.match(name):
+                loader.problem(f"{where}.group_by[{j}]", "a label name (letters, digits and _, not first a digit)", name)
+        if len(set(job.group_by)) < len(job.group_by):
+            loader.problem(f"{where}.group_by", "label names without repeats", list(job.group_by))
         for j, window in enumerate(job.exclude):
             if window.end_ms <= window.start_ms:
                 loader.problem(f"{where}.exclude[{j}]", "a window whose end is after its start",

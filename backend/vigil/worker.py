@@ -2,7 +2,8 @@
 
 Owns the schedule (each job every ``every_s``, first run jittered, never two runs of one job at
 once, one range query per job per run), sharding (a series belongs to shard
-``crc32(job + series_key) % shard_count``), and the order of side effects: a run's episode changes
+``crc32(job + series_key) % shard_count``; with ``group_by``, a whole group belongs to the shard of
+its group key, and the group is the unit of episodes), and the order of side effects: a run's episode changes
 and the deliveries they cause are committed to the audit store in ONE transaction before anything
 is sent; a separate thread then works through the outbox. A failing job (Prometheus down, a bad
 query) changes nothing in the store: its open episodes stay open until a run succeeds.
@@ -112,19 +113,25 @@ class Worker:
 
     def run_job(self, job: JobSettings) -> JobOutcome:
         """Score the last ``worker.lookback`` of ``job``, record what changed, owe the deliveries."""
+        from .grouping import group_key
         from .pipeline import Query
 
         t0 = time.monotonic()
         now_ms = self.clock_ms()
         lookback_ms = int(self.settings.worker.lookback_s * 1000)
         det = self.settings.detection
+
+        def unit_key(labels: Mapping[str, str]) -> str:
+            """What is tracked and sharded: the series, or with ``group_by`` its group."""
+            return group_key(labels, job.group_by) if job.group_by else series_key(labels)
+
         query = Query(
             expr=job.query, start_ms=now_ms - lookback_ms, end_ms=now_ms, step_s=job.every_s,
             model=job.model or det.model, train_window_s=job.train_window_s or det.train_window_s,
             sensitivity=job.sensitivity or det.sensitivity, source=job.source, exclude=job.exclude, ref_id=job.name,
             # Shard before scoring, so each shard fits models for its own series only.
-            series_filter=lambda labels: in_shard(job.name, series_key(labels), self.shard_index, self.shard_count),
-            max_series=self.settings.worker.max_series,
+            series_filter=lambda labels: in_shard(job.name, unit_key(labels), self.shard_index, self.shard_count),
+            max_series=self.settings.worker.max_series, group_by=job.group_by,
         )
         try:
             result = self.detection.run(query, deadline_s=max(job.every_s, 10.0))
@@ -132,13 +139,18 @@ class Worker:
             return self._job_failed(job, exc, time.monotonic() - t0)
         observed: list[ObservedSeries] = []
         scores: dict[str, tuple[Mapping[str, str], float]] = {}
-        for s in result.series:
-            key = series_key(s.labels)
+        # A group is watched like one series: its key and labels are the group's, its episodes
+        # name the members that drove them.
+        units = ([(g.labels, g.times_ms, g.episodes, g.model, g.unit, g.anomaly_score) for g in result.groups]
+                 if job.group_by else
+                 [(s.labels, s.times_ms, s.episodes, s.model, s.unit, s.scores.anomaly_score) for s in result.series])
+        for labels, times_ms, episodes, model, unit, anomaly_score in units:
+            key = series_key(labels)
             if not in_shard(job.name, key, self.shard_index, self.shard_count):
                 continue
-            last_ms = int(s.times_ms[-1]) if len(s.times_ms) else now_ms
-            observed.append(ObservedSeries(key, dict(s.labels), last_ms, list(s.episodes), s.model, s.unit))
-            scores[key] = (s.labels, _last_finite(s.scores.anomaly_score))
+            last_ms = int(times_ms[-1]) if len(times_ms) else now_ms
+            observed.append(ObservedSeries(key, dict(labels), last_ms, list(episodes), model, unit))
+            scores[key] = (labels, _last_finite(anomaly_score))
         tolerance_ms = int(2 * job.every_s * 1000)
         stored = self.store.relevant_episodes(job.name, now_ms - lookback_ms - tolerance_ms)
         changes = track(job.name, stored, observed, tolerance_ms=tolerance_ms, severity=job.severity)
