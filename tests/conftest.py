@@ -154,3 +154,95 @@ def service_app(service_settings):
 @pytest.fixture()
 def client(service_app):
     return service_app.test_client()
+
+
+# --- a Prometheus with groups of series that move together (multivariate) -------------------------
+
+GROUPED_METRIC = "vigil_test_group_cpu"
+GROUPED_JOB = "vigil-group"
+WIDE_METRIC = "vigil_test_group_wide"
+WIDE_SERIES = 33
+GROUPED_MODES = ("user", "system", "softirq")
+
+
+@dataclass(frozen=True)
+class GroupedPrometheus:
+    """A running Prometheus with groups of cpu-mode series, and where the group anomaly was planted.
+
+    ``{__name__: GROUPED_METRIC, job: GROUPED_JOB, instance, mode}``: instance ``odd`` and ``calm``
+    have the three modes of ``GROUPED_MODES``, driven by one shared load (they move together);
+    ``solo`` has ``mode="user"`` only. In ``odd``, ``mode="system"`` alone rises by 2.5 of its own
+    spreads for 20 minutes at ``events_ms["odd"]`` (within the last 6 hours, where the shared load
+    is near its normal level), which leaves every series inside its own band. ``WIDE_METRIC`` has
+    ``WIDE_SERIES`` series of ``instance="wide"`` over the last 2 hours (a group too large).
+    """
+
+    process: Process
+    url: str
+    metric: str
+    wide_metric: str
+    job: str
+    end_ms: int
+    step_s: float
+    events_ms: dict[str, list[tuple[int, int]]]
+    driver: str
+
+
+def grouped_series(end_ms: int) -> tuple[dict[tuple[str, str], tuple[Any, Any]], list[tuple[int, int]]]:
+    """``{(instance, mode): (times_ms, values)}`` and the planted event of instance ``odd``."""
+    import numpy as np
+
+    from vigil.baseline import SeasonalBaseline
+
+    points = int(round(SEEDED_DAYS * 86400 / SEEDED_STEP_S))
+    start_ms = end_ms - (points - 1) * int(SEEDED_STEP_S * 1000)
+    out: dict[tuple[str, str], tuple[Any, Any]] = {}
+    event: list[tuple[int, int]] = []
+    for instance, seed in (("odd", 3), ("calm", 4), ("solo", 5)):
+        base = generate("cpu", days=SEEDED_DAYS, step_s=SEEDED_STEP_S, seed=seed, start_ms=start_ms)
+        n = base.values.size
+        rng = np.random.default_rng(seed + 100)
+        load = np.convolve(rng.standard_normal(n), np.ones(15) / 15, mode="same") * 0.1
+        modes = {"user": base.values + load + 0.004 * rng.standard_normal(n),
+                 "system": 0.5 * base.values + 0.5 * load + 0.003 * rng.standard_normal(n),
+                 "softirq": 0.2 * base.values + 0.2 * load + 0.002 * rng.standard_normal(n)}
+        if instance == "odd":
+            width = 20
+            hour = int(3600 / SEEDED_STEP_S)
+            # Where the shared load is calm: "system rose while user and softirq stayed normal".
+            starts = np.arange(n - 6 * hour, n - hour - width)
+            i = int(starts[np.argmin([np.abs(load[s:s + width]).max() for s in starts])])
+            history = slice(0, i - 12 * hour, 5)
+            spread = SeasonalBaseline(step_s=SEEDED_STEP_S).fit(base.times_ms[history], modes["system"][history])
+            modes["system"] = modes["system"].copy()
+            modes["system"][i:i + width] += 2.5 * spread.spread_at(int(base.times_ms[i]))
+            event.append((int(base.times_ms[i]), int(base.times_ms[i + width - 1])))
+        for mode, values in modes.items():
+            if instance != "solo" or mode == "user":
+                out[(instance, mode)] = (base.times_ms, values)
+    return out, event
+
+
+@pytest.fixture(scope="session")
+def grouped_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GroupedPrometheus]:
+    """Prometheus with 7 days of 60 s history of groups of series (see :class:`GroupedPrometheus`)."""
+    import numpy as np
+
+    step_ms = int(SEEDED_STEP_S * 1000)
+    end_ms = (int(time.time() * 1000) // step_ms - 1) * step_ms
+    planted, event = grouped_series(end_ms)
+    wide_times = np.arange(end_ms - 2 * 3600_000, end_ms + 1, step_ms, dtype=np.int64)
+    wide_rng = np.random.default_rng(9)
+    text = to_openmetrics([
+        (GROUPED_METRIC, [({"job": GROUPED_JOB, "instance": instance, "mode": mode}, t, v)
+                          for (instance, mode), (t, v) in planted.items()]),
+        (WIDE_METRIC, [({"job": GROUPED_JOB, "instance": "wide", "n": str(k)}, wide_times,
+                        1.0 + 0.1 * wide_rng.standard_normal(wide_times.size)) for k in range(WIDE_SERIES)]),
+    ])
+    process = start_prometheus(tmp_path_factory.mktemp("grouped-prometheus"), openmetrics=text)
+    try:
+        yield GroupedPrometheus(process=process, url=process.url, metric=GROUPED_METRIC, wide_metric=WIDE_METRIC,
+                                job=GROUPED_JOB, end_ms=end_ms, step_s=SEEDED_STEP_S,
+                                events_ms={"odd": event, "calm": [], "solo": []}, driver="mode=system")
+    finally:
+        process.stop()
