@@ -223,3 +223,8 @@ def test_member_names_say_what_tells_members_apart():
     mixed = [{"__name__": n, "pod": "p"} for n in ("cpu", "memory", "restarts")]
     assert member_names(mixed, ["pod"]) == ["cpu", "memory", "restarts"]
     assert member_names(cpu, ["instance"], legend="{{mode}} CPU") == ["user CPU", "system CPU"]
+
+
+def test_a_contributions_only_panel_gets_one_frame_per_group(gclient, grouped_prometheus):
+    frames = query(gclient, grouped_prometheus, {"group_by": ["instance"], "fields": ["contributions"]})
+    assert [f["name"] for f in frames] == [f"instance={i} contributions" for i in ("calm", "odd", "solo")]

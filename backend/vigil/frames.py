@@ -126,7 +126,8 @@ def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = 
     if result.groups:
         frames = []
         for g in result.groups:
-            frames.extend(_frame(s, ref_id, wanted) for s in g.members)
+            if wanted - {"contributions"}:  # a panel of contributions only has no member frames
+                frames.extend(_frame(s, ref_id, wanted) for s in g.members)
             if "contributions" in wanted:
                 frames.append(_contributions_frame(g, ref_id))
     else:
