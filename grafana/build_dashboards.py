@@ -286,11 +286,11 @@ WORKER_ANNOTATIONS = {"name": "Anomalies (Vigil worker)", "datasource": GRAFANA,
                       "target": {"type": "tags", "tags": ["anomaly"], "matchAny": True, "limit": 200}}
 
 
-def on_demand_annotations(name: str, target: str, legend: str) -> Json:
+def on_demand_annotations(name: str, target: str, legend: str, **payload: Any) -> Json:
     """Anomaly episodes computed by the service for this dashboard's range (off by default: the
     worker's annotations already show the configured jobs)."""
     query = vigil_target("Anno", target, annotations=True, legend=legend, model="$model",
-                         sensitivity="$sensitivity")
+                         sensitivity="$sensitivity", **payload)
     # limit/matchAny/tags/type are required by the dashboard schema's AnnotationTarget; simPod
     # ignores them and sends the query (target, payload) to /json/query.
     return {"name": name, "datasource": VIGIL, "enable": False, "iconColor": "orange",
@@ -332,6 +332,7 @@ def _drop_nulls(value: Any) -> Any:
 CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~`$instance`}[5m]))'
 MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~`$instance`}'
                ' / node_memory_MemTotal_bytes{instance=~`$instance`}')
+CPU_MODES_EXPR = 'sum by (instance, mode) (rate(node_cpu_seconds_total{mode!="idle", instance=~`$instance`}[5m]))'
 RESTARTS_EXPR = ('sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total'
                  '{namespace=~`$namespace`}[5m]))')
 NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~`$namespace`})'
@@ -375,6 +376,15 @@ def node_resources() -> Json:
         datasource=VIGIL, steps=thresholds((None, "green"), (1, RED)), mappings=ANOMALOUS_MAPPING, decimals=0,
         description="Episodes with hysteresis: an episode opens above the threshold and closes only "
                     "after the score stays below it, so short dips do not split it.")
+    drivers = timeseries(
+        7, "What drove CPU: $instance (all modes as one group)", grid(0, 23, 24, 7),
+        [vigil_target("A", CPU_MODES_EXPR, legend="{{mode}}", group_by=["instance"], fields=["contributions"],
+                      sensitivity="$sensitivity")],
+        unit="percentunit", minimum=0, maximum=1, decimals=2,
+        custom=timeseries_custom(lineWidth=1, fillOpacity=40, stacking={"group": "A", "mode": "normal"}),
+        description="The CPU modes of the node scored together by one multivariate model (group_by "
+                    "instance): each mode's share of what made the combination unusual. Read it where "
+                    "the on-demand \"CPU modes (computed now)\" annotations mark an episode.")
     fleet = score_panel(
         6, "Anomaly score, all selected instances", grid(0, 0, 24, 7),
         [vigil_target("A", CPU_EXPR, legend="{{instance}} CPU", fields=["anomaly_score"], **model_payload()),
@@ -383,11 +393,13 @@ def node_resources() -> Json:
     return dashboard(
         "vigil-node", "Vigil / Node resources",
         "CPU and memory per node (node_exporter) with Vigil's expected band, anomalous points and scores.",
-        [fleet, row(1, "$instance", 7, repeat="instance"), cpu, memory, score, flags],
+        [fleet, row(1, "$instance", 7, repeat="instance"), cpu, memory, score, flags, drivers],
         variables=[vigil_variable("instance", "instance", "node_uname_info", title="Instance"), *MODEL_VARIABLES],
         annotations=[WORKER_ANNOTATIONS,
                      on_demand_annotations("CPU anomalies (computed now)", CPU_EXPR, "{{instance}} CPU"),
-                     on_demand_annotations("Memory anomalies (computed now)", MEMORY_EXPR, "{{instance}} memory")])
+                     on_demand_annotations("Memory anomalies (computed now)", MEMORY_EXPR, "{{instance}} memory"),
+                     on_demand_annotations("CPU modes (computed now)", CPU_MODES_EXPR, "{{mode}}",
+                                           group_by=["instance"])])
 
 
 def kubernetes_workloads() -> Json:

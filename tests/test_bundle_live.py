@@ -47,13 +47,17 @@ def _openmetrics(end_s: int) -> str:
     def add(name: str, labels: str, value: float, t: int) -> None:
         families.setdefault(name, []).append(f"{name}{{{labels}}} {value:.6f} {t}")
 
-    idle = 0.0
+    idle = user = system = 0.0
     for i, t in enumerate(range(start_s, end_s, STEP_S)):
         day = math.sin(2 * math.pi * (t % 86400) / 86400)
         busy = 0.35 + 0.15 * day + 0.02 * math.sin(i * 0.7)
         idle += STEP_S * (1 - busy)
+        user += STEP_S * busy * (0.7 + 0.01 * math.sin(i * 0.3))
+        system += STEP_S * busy * (0.3 - 0.01 * math.sin(i * 0.3))
         inst = 'instance="backfilled:9100",job="node"'
         add("node_cpu_seconds_total", f'cpu="0",mode="idle",{inst}', idle, t)
+        add("node_cpu_seconds_total", f'cpu="0",mode="user",{inst}', user, t)
+        add("node_cpu_seconds_total", f'cpu="0",mode="system",{inst}', system, t)
         add("node_memory_MemTotal_bytes", inst, 8e9, t)
         add("node_memory_MemAvailable_bytes", inst, 8e9 * (0.55 - 0.1 * day), t)
         add("node_uname_info", f'{inst},nodename="backfilled"', 1, t)
@@ -194,6 +198,10 @@ def test_node_panels_return_the_fields_their_overrides_match(stack, instance):
             assert any(n.endswith(" anomaly") for n in names), panel["title"]
         if payload["fields"] == ["anomaly_score"]:
             assert all(n.endswith(" anomaly score") for n in names)
+        if payload.get("group_by") and backfilled:  # the CPU modes scored together, one contribution each
+            [frame] = frames
+            assert frame["meta"]["custom"]["model"] == "group-iforest", frame["meta"]
+            assert names == {"instance=backfilled:9100 system contribution", "instance=backfilled:9100 user contribution"}
 
 
 def test_kubernetes_panels_answer(stack):
