@@ -228,3 +228,17 @@ def test_member_names_say_what_tells_members_apart():
 def test_a_contributions_only_panel_gets_one_frame_per_group(gclient, grouped_prometheus):
     frames = query(gclient, grouped_prometheus, {"group_by": ["instance"], "fields": ["contributions"]})
     assert [f["name"] for f in frames] == [f"instance={i} contributions" for i in ("calm", "odd", "solo")]
+
+
+def test_the_pipeline_refuses_a_group_by_that_is_not_label_names(grouped_prometheus):
+    from vigil.config import Settings
+    from vigil.errors import BadRequest
+    from vigil.pipeline import Detection, Query
+    from vigil.prometheus import PrometheusClient
+
+    settings = Settings().replace(prometheus={"url": grouped_prometheus.url})
+    detection = Detection(settings, PrometheusClient.from_settings(settings.prometheus))
+    end_ms = grouped_prometheus.end_ms
+    with pytest.raises(BadRequest, match="group_by must be a list of label names"):
+        detection.run(Query(expr=grouped_prometheus.metric, start_ms=end_ms - 3600_000, end_ms=end_ms, step_s=60,
+                            group_by="instance"))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import numpy as np
 
-from .config import MODELS, SENSITIVITIES, ExcludeWindow, Settings
+from .config import LABEL_NAME, MODELS, SENSITIVITIES, ExcludeWindow, Settings
 from .detectors import Detector, Scores, fit_detector, is_learned
 from .episodes import Episode, find_episodes, quiet_points_for
 from .errors import BadRequest, VigilError
@@ -248,6 +248,10 @@ class Detection:
                              code="range_too_long")
         if not (query.step_s > 0 and math.isfinite(query.step_s)):
             raise BadRequest(f"{where}: step must be a positive duration; got {query.step_s!r}", code="bad_step")
+        if isinstance(query.group_by, str) or not all(isinstance(n, str) and LABEL_NAME.match(n)
+                                                      for n in query.group_by):
+            raise BadRequest(f"{where}: group_by must be a list of label names such as ['instance']; "
+                             f"got {query.group_by!r}", code="bad_group_by")
         if not 3600 <= query.train_window_s <= 90 * 86400:
             raise BadRequest(f"{where}: train_window must be between 1h and 90d; got "
                              f"{format_duration(query.train_window_s)}", code="bad_train_window")
