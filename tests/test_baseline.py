@@ -46,6 +46,45 @@ def test_training_is_robust_to_incidents_in_the_window():
     np.testing.assert_allclose(dirty.daily_, ref.daily_, atol=2 * ref.scale_)
 
 
+def test_a_level_shift_in_the_training_window_is_left_out():
+    # Hours at 3-5 spreads off are 3-5 % of a week: inside the tail a threshold is fitted on.
+    # Learned as normal, they raised the shift threshold 2-6x and hid the next such shift.
+    # Measured over 32 shifted weeks: a shift on a weekend is partly absorbed by the two-day
+    # weekend profile in the first fit and can stay in (about a third of these cases).
+    restored, cases = 0, 0
+    for shape in ("cpu", "request_rate", "latency", "memory"):
+        for seed in range(3, 11):
+            s = generate(shape, days=7, step_s=300, seed=seed, kind="level_shift", n_events=1,
+                         anomaly_after_fraction=0.3)
+            clean = generate(shape, days=7, step_s=300, seed=seed)
+            dirty = SeasonalBaseline(step_s=300).fit(s.times_ms, s.values)
+            ref = SeasonalBaseline(step_s=300).fit(clean.times_ms, clean.values)
+            assert ref.n_excluded_ < 0.01 * clean.values.size  # clean weeks stay (nearly) whole
+            assert dirty.n_excluded_ <= 0.1 * s.values.size
+            cases += 1
+            restored += dirty.shift_z_ < 1.3 * ref.shift_z_ and dirty.n_excluded_ >= 0.8 * s.is_anomaly.sum()
+    assert restored >= 0.6 * cases, f"{restored} of {cases}"
+
+
+def test_spread_follows_the_daily_level_of_noise():
+    # Request rates are noisier at the peak than at night: one spread for both would hide a
+    # night spike and flag the peak's ordinary wobble.
+    s = generate("request_rate", days=7, step_s=300, seed=2)
+    model = SeasonalBaseline(step_s=300).fit(s.times_ms, s.values)
+    day0 = int(s.times_ms[0]) // 86_400_000 * 86_400_000 + 86_400_000
+    night, peak = model.spread_at(day0 + 3 * 3_600_000), model.spread_at(day0 + 13 * 3_600_000)
+    assert peak > 2.0 * night
+
+
+def test_counts_are_never_less_noisy_than_poisson():
+    s = generate("error_count", days=7, step_s=300, seed=1)
+    model = SeasonalBaseline(step_s=300).fit(s.times_ms, s.values)
+    assert model.counts_
+    day0 = int(s.times_ms[0]) // 86_400_000 * 86_400_000 + 86_400_000
+    assert model.spread_at(day0 + 3 * 3_600_000) >= 1.0  # a night of zeros and ones
+    assert model.band_z_ < 6
+
+
 def test_growth_is_a_trend_not_an_anomaly():
     s = generate("memory", days=10, step_s=300, seed=7)
     train, test = _split(s, 7)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import SENSITIVITIES
 
-__all__ = ["pot_threshold", "false_alarm_rate", "SECONDS_PER_WEEK"]
+__all__ = ["pot_threshold", "robust_threshold", "false_alarm_rate", "SECONDS_PER_WEEK"]
 
 SECONDS_PER_WEEK = 7 * 86400.0
 #: Bounds on the tail shape: never lighter than exponential (out-of-sample residuals are wider
@@ -82,3 +82,23 @@ def pot_threshold(scores: np.ndarray, alpha: float, *, tail_fraction: float = 0.
     if floor is not None:
         threshold = max(threshold, floor)
     return threshold
+
+
+def robust_threshold(scores: np.ndarray, alpha: float, *, floor: float | None = None) -> float:
+    """A threshold at rate ``alpha`` that incidents in up to a tenth of ``scores`` cannot move.
+
+    An exponential tail through the 75th and 90th percentiles, extrapolated to ``alpha``: the top
+    tenth of the scores is not looked at. It errs high for light tails (about 5.1 for |Gaussian|
+    at 1.6e-4, against 3.8), which suits its use: finding incidents to leave out of training,
+    where a normal point wrongly left out costs more than an incident kept.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float(floor) if floor is not None else math.inf
+    q75, q90 = (float(v) for v in np.quantile(s, [0.75, 0.90]))
+    slope = (q90 - q75) / math.log(2.5)
+    threshold = q90 + slope * math.log(0.1 / min(alpha, 0.1))
+    if slope <= 0:
+        threshold = float(s.max()) + 0.1 * (float(s.max()) - float(s.min()))
+    return max(threshold, floor) if floor is not None else threshold
