@@ -240,6 +240,9 @@ class OneClassSVMDetector(LearnedDetector):
 
 
 class _StandardisedSVM:
+    #: contiguous blocks the rows are cut into; even ones train, odd ones calibrate
+    n_blocks = 8
+
     def __init__(self, nu: float, max_train: int, random_state: int):
         self.nu, self.max_train, self.random_state = nu, max_train, random_state
 
@@ -247,12 +250,18 @@ class _StandardisedSVM:
         self.mean_ = features.mean(axis=0)
         self.std_ = features.std(axis=0) + 1e-9
         z = (features - self.mean_) / self.std_
-        # Train on at most half of the rows (and max_train); the rest calibrate the score.
+        # Train on every other block of rows in time (at most max_train of them); the blocks in
+        # between calibrate the score. Blocks, not random rows: a row's trailing-window features
+        # nearly repeat its neighbours', so a held-out row next to a training row scores as if it
+        # were in-sample, and a threshold calibrated on such rows is too tight out of sample.
+        n = z.shape[0]
+        self.held_out_ = np.zeros(n, dtype=bool)
+        if n >= 128:
+            block = np.arange(n) * self.n_blocks // n
+            self.held_out_ = block % 2 == 1
+        candidates = np.flatnonzero(~self.held_out_)
         rng = np.random.default_rng(self.random_state)
-        size = min(self.max_train, max(16, z.shape[0] // 2)) if z.shape[0] >= 128 else z.shape[0]
-        chosen = rng.choice(z.shape[0], size, replace=False)
-        self.held_out_ = np.ones(z.shape[0], dtype=bool)
-        self.held_out_[chosen] = False
+        chosen = rng.choice(candidates, self.max_train, replace=False) if candidates.size > self.max_train else candidates
         self.svm_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma="scale").fit(z[chosen])
         return self
 
