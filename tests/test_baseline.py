@@ -140,3 +140,28 @@ def test_one_huge_spike_is_not_read_as_a_sustained_shift():
     score = model.score(t[n_train:], y).anomaly_score
     assert score[10] >= 1.0
     assert np.all(score[12:130] < 1.0), np.round(score[10:40], 2)
+
+
+def test_a_series_stuck_on_one_value_is_anomalous_and_a_quantised_one_is_not():
+    # A noisy gauge never repeats a value exactly: an hour of one value is a frozen exporter.
+    s = generate("latency", days=8, step_s=300, seed=4)
+    model = SeasonalBaseline(step_s=300).fit(s.times_ms[:2016], s.values[:2016])
+    t, x = s.times_ms[2016:], s.values[2016:].copy()
+    x[100:124] = x[99]  # two hours stuck, inside the band
+    score = model.score(t, x).anomaly_score
+    assert (score[:99] < 1).all()
+    assert score[99 + 5] < 1 <= score[123]  # under 30 minutes is allowed, two hours is not
+    # Error counts sit on 0 for hours at night: that is their normal, never "stuck".
+    counts = generate("error_count", days=8, step_s=300, seed=4)
+    model = SeasonalBaseline(step_s=300).fit(counts.times_ms[:2016], counts.values[:2016])
+    assert model.stuck_ms_ >= 3_600_000
+    assert (model.score(counts.times_ms[2016:], counts.values[2016:]).anomaly_score < 1).mean() > 0.99
+
+
+def test_a_run_that_began_in_training_keeps_counting_after_it():
+    s = generate("cpu", days=8, step_s=300, seed=6)
+    x = s.values.copy()
+    x[2004:2040] = x[2003]  # stuck from an hour before the training end to two hours after
+    model = SeasonalBaseline(step_s=300).fit(s.times_ms[:2016], x[:2016])
+    score = model.score(s.times_ms[2016:], x[2016:]).anomaly_score
+    assert score[0] >= 1  # already stuck for an hour when scoring starts

@@ -54,9 +54,10 @@ class SeasonalBaseline:
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, level_half_life_s: float = 6 * 3600.0,
                  min_band_z: float = 3.0, seasonal_gain: float = 0.1, shift_window_s: float = 3600.0,
-                 min_shift_z: float = 1.5, budget: float = 1.0):
+                 min_shift_z: float = 1.5, budget: float = 1.0, min_stuck_s: float = 1800.0):
         self.sensitivity = sensitivity
         self.budget = budget
+        self.min_stuck_s = min_stuck_s
         self.shift_window_s = shift_window_s
         self.min_shift_z = min_shift_z
         self.step_s = step_s
@@ -193,6 +194,7 @@ class SeasonalBaseline:
         train_step_ms = float(np.median(np.diff(t))) if t.size > 1 else self.step_s * 1000.0
         shift = _trailing_mean(self._shift_input(z_train), self._shift_points(train_step_ms))
         self.shift_z_ = pot_threshold(np.abs(shift), alpha, floor=self.min_shift_z)
+        self._fit_stuck(t, x)
         return kept, z_train, shift
 
     def _loo_shift(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -313,9 +315,41 @@ class SeasonalBaseline:
         # so it is shrunk by sqrt(c / k) to the full window's scale.
         count = np.minimum(np.cumsum(np.isfinite(z)), k)
         shift = np.abs(_trailing_mean(self._shift_input(z), k)) * np.sqrt(count / k) / self.shift_z_
-        score = np.where(np.isfinite(z), np.maximum(np.abs(z) / self.band_z_, shift), np.nan)
+        score = np.maximum(np.abs(z) / self.band_z_, shift)
+        if hasattr(self, "stuck_ms_"):  # models pickled before the stuck statistic have none
+            score = np.maximum(score, self._run_ms(t, x) / self.stuck_ms_)
+        score = np.where(np.isfinite(z), score, np.nan)
         half = self.band_z_ * spread
         return Scores(score, yhat, yhat - half, yhat + half)
+
+    def _fit_stuck(self, t: np.ndarray, x: np.ndarray) -> None:
+        """How long the series may repeat one value: twice its typical day's longest run in
+        training (the median over days: one stuck incident in the window does not count), and at
+        least ``min_stuck_s``. A noisy gauge never repeats a value exactly; one that does for an
+        hour has stopped updating (a stuck exporter, a frozen process), which no band can see."""
+        runs = _run_durations_ms(t, x)
+        day = (t // DAY_MS) - t[0] // DAY_MS
+        longest = np.zeros(int(day[-1]) + 1)
+        np.maximum.at(longest, day, runs)
+        typical = float(np.median(longest[np.bincount(day) > 0]))
+        self.stuck_ms_ = float(max(2.0 * typical, self.min_stuck_s * 1000.0))
+        # The run the training data ends in, so scoring right after it continues the count.
+        self.run_value_ = float(x[-1])
+        self.run_start_ms_ = int(t[-1] - runs[-1])
+
+    def _run_ms(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """For each point, how long the series has held its current value (0 on a change or gap)."""
+        ok = np.isfinite(x)
+        durations = np.zeros(x.size)
+        if not ok.any():
+            return durations
+        idx = np.flatnonzero(ok)
+        tf, xf = t[idx], x[idx]
+        first = idx[0]
+        continues = (xf[0] == self.run_value_ and self.run_start_ms_ <= tf[0]
+                     and tf[0] - self.train_end_ms_ <= 2 * self.step_s * 1000.0)
+        durations[idx] = _run_durations_ms(tf, xf, start_ms=self.run_start_ms_ if continues else int(t[first]))
+        return durations
 
     def _causal_level(self, t: np.ndarray, x: np.ndarray, profile: np.ndarray, spread: np.ndarray,
                       current: float, last_ms: int) -> tuple[np.ndarray, float]:
@@ -370,6 +404,19 @@ def _trailing_mean(a: np.ndarray, k: int) -> np.ndarray:
     count = m[idx] - m[lo]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, (c[idx] - c[lo]) / np.maximum(count, 1), np.nan)
+
+
+def _run_durations_ms(t: np.ndarray, x: np.ndarray, start_ms: int | None = None) -> np.ndarray:
+    """Per point of a gap-free series: time since the current run of one repeated value began.
+    ``start_ms`` is when the first point's run began (it may have started before ``t[0]``)."""
+    if x.size == 0:
+        return np.zeros(0)
+    change = np.concatenate([[True], x[1:] != x[:-1]])
+    run_id = np.cumsum(change) - 1
+    starts = t[change].astype(np.float64)
+    if start_ms is not None:
+        starts[0] = min(float(start_ms), starts[0])
+    return t.astype(np.float64) - starts[run_id]
 
 
 def _finite(times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
