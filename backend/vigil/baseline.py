@@ -316,7 +316,7 @@ class SeasonalBaseline:
         count = np.minimum(np.cumsum(np.isfinite(z)), k)
         shift = np.abs(_trailing_mean(self._shift_input(z), k)) * np.sqrt(count / k) / self.shift_z_
         score = np.maximum(np.abs(z) / self.band_z_, shift)
-        if hasattr(self, "stuck_ms_"):  # models pickled before the stuck statistic have none
+        if hasattr(self, "floor_value_"):  # models pickled before the stuck statistic have none
             score = np.maximum(score, self._run_ms(t, x) / self.stuck_ms_)
         score = np.where(np.isfinite(z), score, np.nan)
         half = self.band_z_ * spread
@@ -334,6 +334,8 @@ class SeasonalBaseline:
         typical = float(np.median(longest[np.bincount(day) > 0]))
         self.stuck_ms_ = float(max(2.0 * typical, self.min_stuck_s * 1000.0))
         # The run the training data ends in, so scoring right after it continues the count.
+        # Sitting at the floor (zero errors, an idle queue) is rest, not a frozen series.
+        self.floor_value_ = float(x.min())
         self.run_value_ = float(x[-1])
         self.run_start_ms_ = int(t[-1] - runs[-1])
 
@@ -349,6 +351,7 @@ class SeasonalBaseline:
         continues = (xf[0] == self.run_value_ and self.run_start_ms_ <= tf[0]
                      and tf[0] - self.train_end_ms_ <= 2 * self.step_s * 1000.0)
         durations[idx] = _run_durations_ms(tf, xf, start_ms=self.run_start_ms_ if continues else int(t[first]))
+        durations[x <= self.floor_value_] = 0.0
         return durations
 
     def _causal_level(self, t: np.ndarray, x: np.ndarray, profile: np.ndarray, spread: np.ndarray,
