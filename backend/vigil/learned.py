@@ -91,6 +91,10 @@ class LearnedDetector:
         self.center_ = float(np.median(raw))
         alpha = false_alarm_rate(self.sensitivity, self.step_s) * self.learned_budget
         self.threshold_ = max(pot_threshold(raw, alpha), self.center_ + 1e-9)
+        if alpha * raw.size < 1:
+            # A rate rarer than one in the calibration rows lies beyond all of them: a tail fit
+            # that lands inside them (kernel scores flatten outside the support) is too tight.
+            self.threshold_ = max(self.threshold_, float(np.max(raw)))
         return self
 
     #: points in the local mean and volatility features
