@@ -127,7 +127,9 @@ class Detection:
         self.settings = settings
         self.prometheus = prometheus
         self.loki = loki
-        self.cache = cache or ModelCache(settings.detection.cache_size,
+        # ``is None``, not ``or``: an empty cache is falsy (it has a length), and the worker's
+        # own, larger cache was silently replaced by the service default.
+        self.cache = cache if cache is not None else ModelCache(settings.detection.cache_size,
                                          max_bytes=settings.detection.cache_max_mb * 2**20)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
