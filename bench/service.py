@@ -23,23 +23,14 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from realstack import free_port, start_prometheus, wait_for  # noqa: E402
-from vigil.openmetrics import to_openmetrics  # noqa: E402
-from vigil.synthetic import generate  # noqa: E402
+from bench.history import STEP_S, openmetrics_history  # noqa: E402
 
-STEP_S = 60
 VIEW_POINTS = 720
 
 
 def seed_text(n_series: int, end_ms: int, days: float) -> str:
-    points = int(days * 86400 / STEP_S)
-    start_ms = end_ms - (points - 1) * STEP_S * 1000
-    series = []
-    shapes = ("cpu", "memory", "request_rate", "latency")
-    for i in range(n_series):
-        s = generate(shapes[i % len(shapes)], days=days, step_s=STEP_S, seed=100 + i, start_ms=start_ms,
-                     kind="spike" if i % 10 == 0 else None, anomaly_after_fraction=0.97)
-        series.append(({"job": "bench", "instance": f"host-{i:03d}"}, s.times_ms, s.values))
-    return to_openmetrics([("bench_metric", series)])
+    return openmetrics_history("bench_metric", n_series, end_ms, days, seed_base=100, labels={"job": "bench"},
+                               instance_digits=3, spike_every=10)
 
 
 def query_body(start_ms: int, end_ms: int, model: str) -> dict:

@@ -33,23 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from realstack import start_prometheus  # noqa: E402
 from vigil.config import JobSettings, Settings  # noqa: E402
-from vigil.openmetrics import to_openmetrics  # noqa: E402
-from vigil.synthetic import generate  # noqa: E402
+from bench.history import openmetrics_history  # noqa: E402
 from vigil.worker import Worker  # noqa: E402
 
-STEP_S = 60
 INTERVAL_S = 60.0
 
 
 def seed(n_series: int, days: float, end_ms: int) -> str:
-    points = int(days * 86400 / STEP_S)
-    start_ms = end_ms - (points - 1) * STEP_S * 1000
-    shapes = ("cpu", "memory", "request_rate", "latency")
-    series = []
-    for i in range(n_series):
-        s = generate(shapes[i % len(shapes)], days=days, step_s=STEP_S, seed=1000 + i, start_ms=start_ms)
-        series.append(({"instance": f"host-{i:05d}"}, s.times_ms, s.values))
-    return to_openmetrics([("bench_value", series)])
+    return openmetrics_history("bench_value", n_series, end_ms, days, seed_base=1000)
 
 
 def measure(n_series: int, days: float, train_window_s: float, warm_runs: int, workdir: Path) -> dict[str, float]:
