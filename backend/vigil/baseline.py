@@ -1,14 +1,29 @@
 """The robust seasonal baseline: expected value, spread and band from the series' own history.
 
-``yhat(t) = profile(time of day [, weekday or weekend]) + level(t)``: the profile is a median per
-time-of-day bin (with separate weekday and weekend profiles when a week of history shows they differ),
-and the level is a slowly adapting, spike-clipped correction that tracks growth and settled level
-changes causally (it only looks at earlier points). The spread is a robust scale of the
-residuals per time-of-day bin, shrunk towards the global one. ``anomaly_score`` is the larger of two
-calibrated statistics, each at half the false-alarm budget: the residual in spreads over its
-threshold ``band_z_`` (so the band edge is exactly ``anomaly_score == 1`` for a single point), and
-the mean residual over the last ``shift_window_s`` (1 h) over its threshold ``shift_z_`` (a
-sustained shift of 2-3 spreads is an incident even when no single point leaves the band).
+``yhat(t) = profile(time of day [, weekday or weekend]) + trend + level(t)``: the profile is a
+median per time-of-day bin (with separate weekday and weekend profiles when a week of history
+shows they differ); the level is the median residual over the trailing ``level_window_s`` (6 h)
+before each point, so settled level changes (a deploy) become the new normal within hours and a
+point's score depends only on the model and the points just before it, never on where a panel or
+a worker run starts. The spread is a robust scale of the residuals per time-of-day bin, never
+below half the series' quantisation step (a CPU metric that only takes a few values is not a
+series with no noise).
+
+``anomaly_score`` is the larger of two statistics:
+
+- the point's distance from ``yhat`` over the band half-width ``max(band_z_ * spread,
+  min_deviation)``, so the band drawn is exactly where the score is 1. ``band_z_`` is calibrated
+  so that about one episode per series per week (``medium``) crosses it on normal data
+  (``calibration.episode_threshold``: a threshold on the training data's daily maxima, which what
+  happens every day, a daily job included, cannot cross);
+- a stuck value: a run of one exact value much longer than the series' days ever hold.
+
+A statistic for sustained shifts (the mean residual over the last hour) was measured on the real
+corpora and removed: it doubled the false alarms (real series wander for hours) for no recall.
+
+A deviation smaller than ``min_deviation`` (absolute, in the series' unit) or
+``min_relative_deviation`` times the series' typical level never scores 1. Scores are capped at
+``MAX_SCORE`` so that they stay readable.
 
 Also the fallback for every other detector: it scores a series with little history, and it gives
 every model its expected band.
@@ -17,19 +32,22 @@ every model its expected band.
 from __future__ import annotations
 
 import math
+import warnings
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 import numpy as np
 
-from .calibration import false_alarm_rate, pot_threshold, robust_threshold
+from .calibration import episode_threshold, episodes_per_day, robust_threshold
 
-__all__ = ["SeasonalBaseline", "Scores"]
+__all__ = ["SeasonalBaseline", "Scores", "MAX_SCORE", "trailing_median"]
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 _MAD_TO_SIGMA = 1.4826
 _DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+#: Scores are capped here: 100 times past the threshold is as anomalous as a reader needs to know.
+MAX_SCORE = 100.0
 
 
 class Scores(NamedTuple):
@@ -45,25 +63,25 @@ class SeasonalBaseline:
     """Median/MAD baseline with time-of-day and day-of-week awareness.
 
     Parameters are stored as given (scikit-learn style); learned state ends in ``_``.
-    ``step_s`` is the step of the series that will be *scored*: it sets the per-point
-    false-alarm rate for the sensitivity. ``budget`` is the share of that rate this model may
-    spend (a learned model that adds its own alarms gives the baseline part of it).
+    ``step_s`` is the step of the series that will be *scored*. ``budget`` is the share of the
+    sensitivity's false-alarm episodes this model may spend (a learned model that adds its own
+    alarms gives the baseline part of it).
     """
 
     name = "seasonal"
 
-    def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, level_half_life_s: float = 6 * 3600.0,
-                 min_band_z: float = 3.0, seasonal_gain: float = 0.1, shift_window_s: float = 3600.0,
-                 min_shift_z: float = 1.5, budget: float = 1.0, min_stuck_s: float = 1800.0):
+    def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, level_window_s: float = 6 * 3600.0,
+                 min_band_z: float = 3.0, seasonal_gain: float = 0.1, budget: float = 1.0, min_stuck_s: float = 1800.0,
+                 min_deviation: float = 0.0, min_relative_deviation: float = 0.01):
         self.sensitivity = sensitivity
         self.budget = budget
         self.min_stuck_s = min_stuck_s
-        self.shift_window_s = shift_window_s
-        self.min_shift_z = min_shift_z
         self.step_s = step_s
-        self.level_half_life_s = level_half_life_s
+        self.level_window_s = level_window_s
         self.min_band_z = min_band_z
         self.seasonal_gain = seasonal_gain
+        self.min_deviation = min_deviation
+        self.min_relative_deviation = min_relative_deviation
 
     # -- fitting -----------------------------------------------------------------------------
 
@@ -73,16 +91,14 @@ class SeasonalBaseline:
             raise ValueError("The 'values' parameter of SeasonalBaseline.fit must have at least one finite value. Got none.")
         # Trained on normal data: incidents inside the training window (a level shift of a few
         # hours, a burst) would otherwise widen the band and the shift threshold so much that the
-        # next such incident is missed. The first fit scores its own training data causally
-        # against thresholds taken from the body of the score distribution (which a few hours of
+        # next such incident is missed. The first fit scores its own training data against
+        # thresholds taken from the body of the score distribution (which a few hours of
         # incident cannot move); the episodes that flags are left out and the model is fitted
         # again. Only when they are few: a series that is "anomalous" for a large part of its
         # history has changed, and that is its normal now.
         fitted = self._fit_once(t, x)
         excluded = np.zeros(x.size, dtype=bool)
         for _ in range(self.incident_passes):
-            # Each pass looks again with the cleaner fit: an incident that bent the first
-            # profile and spread stands out once the others are gone.
             kept = np.flatnonzero(~excluded)
             found = np.zeros(x.size, dtype=bool)
             found[kept] = self._incidents(t[kept], *fitted)
@@ -96,29 +112,24 @@ class SeasonalBaseline:
     #: neighbouring time-of-day bins on each side pooled into a bin's spread
     spread_reach_bins = 2
     #: times the training data is searched for incidents (each after refitting without them)
-    incident_passes = 3
+    incident_passes = 2
     #: most of the training data that may be left out as incidents
     max_incident_fraction = 0.1
     #: how far beyond the robust thresholds a training point must be to count as an incident:
-    #: a normal point left out of training costs calibration more than an incident kept in
-    incident_margin = 1.1
+    #: a normal point left out of training costs calibration more than an incident kept
+    incident_margin = 1.5
 
-    def _incidents(self, t: np.ndarray, kept: np.ndarray, z: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """Training points inside incidents: flagged against robust thresholds, with the trailing
-        window behind a flagged shift and the time until the series is back near its band."""
-        alpha = self.budget * false_alarm_rate(self.sensitivity, self.step_s) / 2
-        margin = self.incident_margin
-        band_z = margin * robust_threshold(np.abs(z), alpha, floor=self.min_band_z)
-        shift_z = margin * robust_threshold(np.abs(shift), alpha, floor=self.min_shift_z)
-        scores = np.maximum(np.abs(z) / band_z, np.abs(shift) / shift_z)
+    def _incidents(self, t: np.ndarray, kept: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Training points inside incidents: flagged against a robust threshold, with the time
+        until the series is back near its band."""
+        band_z = self.incident_margin * robust_threshold(np.abs(z), self._point_rate(), floor=self.min_band_z)
+        scores = np.abs(z) / band_z
         flagged = scores >= 1.0
         out = np.ones(t.size, dtype=bool)  # the gross outliers the fit left out stay out
         out[kept] = False
         if not flagged.any():
             return out
-        train_step_ms = float(np.median(np.diff(t[kept]))) if kept.size > 1 else self.step_s * 1000.0
-        k = self._shift_points(train_step_ms)
-        inside = np.convolve(flagged, np.ones(k), mode="full")[k - 1:] > 0
+        inside = flagged.copy()
         elevated = scores >= 0.5
         for i in np.flatnonzero(flagged):
             j = i + 1
@@ -128,16 +139,20 @@ class SeasonalBaseline:
         out[kept[inside]] = True
         return out
 
-    def _fit_once(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _point_rate(self) -> float:
+        """A per-point rate for the incident search only: episodes a day spread over a day's points."""
+        return min(0.05, self.budget * episodes_per_day(self.sensitivity) * max(self.step_s, 1.0) / 86400.0)
+
+    def _fit_once(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fit every learned state on finite, sorted points. Returns the indices of the points
-        kept (gross outliers are left out), their causal residuals in spreads and the absolute
-        trailing mean of those (the sustained-shift statistic)."""
+        kept (gross outliers are left out) and their residuals in spreads."""
         kept = np.arange(x.size)
-        self.counts_ = bool(x.min() >= 0 and np.all(x == np.round(x)))
         self.n_train_ = int(x.size)
         self.train_end_ms_ = int(t[-1])
         self.slope_ = 0.0  # per ms: growth (a leak, more users) is not a season
         self.t_ref_ms_ = int(t[-1])
+        self.quantum_ = _quantum(x)
+        self.typical_ = float(np.median(np.abs(x)))
         self._fit_profile(t, x)
         # Two passes: points far outside the first fit (incidents in the training window) are
         # left out of the second, so the model learns normal behaviour only.
@@ -177,25 +192,29 @@ class SeasonalBaseline:
         if refit:
             self._fit_profile(t, x - self.slope_ * (t - self.t_ref_ms_))
             resid = x - self._profile_at(t)
-        window = max(1, min(resid.size, self._level_window(t)))
-        self._fit_spread(t, resid - float(np.median(resid[-window:])))
-        # Calibrate on residuals from the same causal level the scores will use (started from
-        # the first hours' median), not from an in-sample fit: level errors are part of the noise.
-        # Each point is also compared with a profile that did not see it (leave-one-out medians):
-        # an in-sample median fits its own points, and a band calibrated on them is too narrow.
-        spread = self._spread_at(t)
-        profile = x - resid + 0.5 * self._loo_shift(t, x)  # 0.5: the bin's weight in the smoothing
-        path, self.level_ = self._causal_level(t, x, profile, spread, float(np.median(resid[:window])), int(t[0]))
-        self.train_end_ms_ = int(t[-1])
-        z_train = (x - profile - path) / spread
-        # Half the false-alarm budget for single points, half for sustained shifts.
-        alpha = self.budget * false_alarm_rate(self.sensitivity, self.step_s) / 2
-        self.band_z_ = pot_threshold(np.abs(z_train), alpha, floor=self.min_band_z)
         train_step_ms = float(np.median(np.diff(t))) if t.size > 1 else self.step_s * 1000.0
-        shift = _trailing_mean(self._shift_input(z_train), self._shift_points(train_step_ms))
-        self.shift_z_ = pot_threshold(np.abs(shift), alpha, floor=self.min_shift_z)
+        # Calibrate on residuals from the same trailing level the scores will use, and against a
+        # profile that did not see the point (leave-one-out medians): an in-sample median fits
+        # its own points, and a band calibrated on them is too narrow.
+        profile = x - resid + 0.5 * self._loo_shift(t, x)  # 0.5: the bin's weight in the smoothing
+        r = x - profile
+        level = trailing_median(r, self._points(self.level_window_s, train_step_ms))
+        level = np.where(np.isfinite(level), level, float(np.median(r)))
+        self._fit_spread(t, r - level)
+        window = self._points(self.level_window_s, train_step_ms)
+        self.level_ = float(np.median(r[-window:]))
+        spread = self._spread_at(t)
+        z_train = (r - level) / spread
+        # Calibrated on episodes (a day's maximum), not points; the training history may be
+        # sampled coarser than what is scored, and a day of more points has a larger maximum.
+        per_day = self.budget * episodes_per_day(self.sensitivity)
+        density = train_step_ms / max(self.step_s * 1000.0, 1.0)
+        self.band_z_ = episode_threshold(t, np.abs(z_train), per_day, floor=self.min_band_z, density=density)
         self._fit_stuck(t, x)
-        return kept, z_train, shift
+        return kept, z_train
+
+    def _points(self, seconds: float, step_ms: float, minimum: int = 2) -> int:
+        return int(max(minimum, round(seconds * 1000.0 / max(step_ms, 1.0))))
 
     def _loo_shift(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         if self.seasonality_ == "none":
@@ -206,14 +225,6 @@ class SeasonalBaseline:
             groups = groups + self.n_bins_ * (_weekday(t) >= 5)
             n_groups *= 2
         return _loo_median_shift(x - self.slope_ * (t - self.t_ref_ms_), groups, n_groups)
-
-    def _shift_input(self, z: np.ndarray) -> np.ndarray:
-        """Residuals clipped at the band edge: a spike is the point score's business, and one
-        point 100 spreads out must not read as an hour-long shift in the trailing mean."""
-        return np.clip(z, -self.band_z_, self.band_z_)
-
-    def _shift_points(self, step_ms: float) -> int:
-        return int(max(2, round(self.shift_window_s * 1000.0 / max(step_ms, 1.0))))
 
     def _fit_profile(self, t: np.ndarray, x: np.ndarray) -> None:
         """Median per time-of-day bin; separate weekday and weekend profiles when that helps."""
@@ -263,11 +274,9 @@ class SeasonalBaseline:
             shrink = 10.0
             factor = (counts * local + shrink * global_scale) / ((counts + shrink) * global_scale)
         factor = np.clip(factor, 0.2, 5.0)
-        if self.counts_:
-            # Counts are at least as noisy as Poisson counts: a night of zeros and ones is not a
-            # spread of zero.
-            poisson = np.sqrt(np.maximum(self.center_ + self.daily_.max(axis=0), 1.0))
-            factor = np.maximum(factor, poisson / global_scale)
+        # Quantised values (a CPU share that only takes a few levels, integer counts): a change by
+        # one step is the smallest thing the series can do, not a multiple of a zero spread.
+        factor = np.maximum(factor, 0.5 * self.quantum_ / global_scale)
         self.spread_factor_ = factor
 
     def _global_scale(self, resid: np.ndarray) -> float:
@@ -275,11 +284,7 @@ class SeasonalBaseline:
         typical = abs(self.center_) if hasattr(self, "center_") else float(np.median(np.abs(resid)))
         # A floor keeps a flat or quantised series scorable: any change of it is then anomalous,
         # but a change of one part in a thousand of its level is not.
-        return max(scale, 1e-3 * typical, 1e-9)
-
-    def _level_window(self, t: np.ndarray) -> int:
-        step_ms = max(1.0, float(np.median(np.diff(t)))) if t.size > 1 else 60_000.0
-        return int(max(3, self.level_half_life_s * 1000.0 / step_ms))
+        return max(scale, 0.5 * getattr(self, "quantum_", 0.0), 1e-3 * typical, 1e-9)
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -300,26 +305,32 @@ class SeasonalBaseline:
     def _spread_at(self, t: np.ndarray) -> np.ndarray:
         return self.scale_ * self.spread_factor_[self._bin(t)]
 
+    def min_deviation_(self) -> float:
+        """The smallest distance from ``yhat`` that can be anomalous, in the series' unit."""
+        return max(self.min_deviation, self.min_relative_deviation * self.typical_)
+
+    def context_s(self) -> float:
+        """Seconds of points before the first scored one that its score looks at: a caller that
+        passes this much history gets the same score for a point whatever range it scores."""
+        return self.level_window_s
+
     def score(self, times_ms: np.ndarray, values: np.ndarray) -> Scores:
-        """Causal scores: the level at point i is updated from points before i only."""
+        """Scores of each point from the model and the ``context_s()`` of points before it."""
         t = np.asarray(times_ms, dtype=np.int64)
         x = np.asarray(values, dtype=np.float64)
+        diffs = np.diff(t)
+        step_ms = float(np.median(diffs[diffs > 0])) if (diffs > 0).any() else self.step_s * 1000.0
         profile = self._profile_at(t)
         spread = self._spread_at(t)
-        level, _ = self._causal_level(t, x, profile, spread, self.level_, self.train_end_ms_)
+        level = trailing_median(x - profile, self._points(self.level_window_s, step_ms))
+        level = np.where(np.isfinite(level), level, self.level_)
         yhat = profile + level
-        z = (x - yhat) / spread
-        # A sustained shift: the mean residual over the last ``shift_window_s`` (gaps skipped).
-        k = self._shift_points(self.step_s * 1000.0)
-        # At the start of what is scored the window is short: a mean of c < k points is noisier,
-        # so it is shrunk by sqrt(c / k) to the full window's scale.
-        count = np.minimum(np.cumsum(np.isfinite(z)), k)
-        shift = np.abs(_trailing_mean(self._shift_input(z), k)) * np.sqrt(count / k) / self.shift_z_
-        score = np.maximum(np.abs(z) / self.band_z_, shift)
+        deviation = x - yhat
+        half = np.maximum(self.band_z_ * spread, self.min_deviation_())
+        score = np.abs(deviation) / half
         if hasattr(self, "floor_value_"):  # models pickled before the stuck statistic have none
             score = np.maximum(score, self._run_ms(t, x) / self.stuck_ms_)
-        score = np.where(np.isfinite(z), score, np.nan)
-        half = self.band_z_ * spread
+        score = np.where(np.isfinite(deviation), np.minimum(score, MAX_SCORE), np.nan)
         return Scores(score, yhat, yhat - half, yhat + half)
 
     def _fit_stuck(self, t: np.ndarray, x: np.ndarray) -> None:
@@ -331,7 +342,11 @@ class SeasonalBaseline:
         day = (t // DAY_MS) - t[0] // DAY_MS
         longest = np.zeros(int(day[-1]) + 1)
         np.maximum.at(longest, day, runs)
-        typical = float(np.median(longest[np.bincount(day) > 0]))
+        seen = np.bincount(day) > 0
+        typical = float(np.median(longest[seen]))
+        # Quantised series repeat values by nature: the longest run of any day is normal for them.
+        if self.quantum_ > 0:
+            typical = max(typical, float(longest[seen].max()))
         self.stuck_ms_ = float(max(2.0 * typical, self.min_stuck_s * 1000.0))
         # The run the training data ends in, so scoring right after it continues the count.
         # Sitting at the floor (zero errors, an idle queue) is rest, not a frozen series.
@@ -353,32 +368,6 @@ class SeasonalBaseline:
         durations[idx] = _run_durations_ms(tf, xf, start_ms=self.run_start_ms_ if continues else int(t[first]))
         durations[x <= self.floor_value_] = 0.0
         return durations
-
-    def _causal_level(self, t: np.ndarray, x: np.ndarray, profile: np.ndarray, spread: np.ndarray,
-                      current: float, last_ms: int) -> tuple[np.ndarray, float]:
-        """Level before each point (and after the last): an EWMA of clipped residuals, so spikes barely move it."""
-        n = x.size
-        level = np.empty(n)
-        clip = 2.0
-        t = t.tolist()
-        x = x.tolist()
-        profile = profile.tolist()
-        spread = spread.tolist()
-        rate = math.log(2) / self.level_half_life_s
-        for i in range(n):
-            level[i] = current
-            xi = x[i]
-            if xi != xi:  # NaN: a gap leaves the level as it was
-                continue
-            dt_s = (t[i] - last_ms) / 1000.0
-            last_ms = t[i]
-            if dt_s <= 0:
-                continue
-            a = 1.0 - math.exp(-dt_s * rate)
-            r = xi - profile[i] - current
-            bound = clip * spread[i]
-            current += a * (r if -bound < r < bound else (bound if r > 0 else -bound))
-        return level, current
 
     # -- explanation helpers -----------------------------------------------------------------
 
@@ -407,6 +396,41 @@ def _trailing_mean(a: np.ndarray, k: int) -> np.ndarray:
     count = m[idx] - m[lo]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, (c[idx] - c[lo]) / np.maximum(count, 1), np.nan)
+
+
+def trailing_median(a: np.ndarray, k: int, samples: int = 32) -> np.ndarray:
+    """Per point, the median of the finite values among the ``k`` points before it (not itself);
+    NaN where there are fewer than 3 (or ``k``) of them. Long windows are sampled at about
+    ``samples`` evenly spaced points, which keeps it linear in the number of points."""
+    a = np.asarray(a, dtype=np.float64)
+    n = a.size
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    stride = max(1, int(math.ceil(k / samples)))
+    padded = np.concatenate([np.full(k, np.nan), a])
+    view = np.lib.stride_tricks.sliding_window_view(padded, k)[:n, ::-1][:, ::stride]
+    need = min(3, view.shape[1])
+    for lo in range(0, n, 16384):  # bounded memory on long series
+        windows = view[lo:lo + 16384]
+        finite = np.isfinite(windows).sum(axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(windows, axis=1)
+        out[lo:lo + 16384] = np.where(finite >= need, med, np.nan)
+    return out
+
+
+def _quantum(x: np.ndarray) -> float:
+    """The step between neighbouring values of a quantised series (0 when it is not quantised):
+    few distinct values for many points, evenly apart."""
+    if x.size < 32:
+        return 0.0
+    distinct = np.unique(x)
+    if distinct.size < 2 or distinct.size > max(16, x.size // 8):
+        return 0.0
+    gaps = np.diff(distinct)
+    return float(np.median(gaps))
 
 
 def _run_durations_ms(t: np.ndarray, x: np.ndarray, start_ms: int | None = None) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 
 from .config import SENSITIVITIES
 
-__all__ = ["pot_threshold", "robust_threshold", "false_alarm_rate", "SECONDS_PER_WEEK"]
+__all__ = ["pot_threshold", "robust_threshold", "episode_threshold", "episodes_per_day", "false_alarm_rate",
+           "SECONDS_PER_WEEK"]
 
 SECONDS_PER_WEEK = 7 * 86400.0
 #: Bounds on the tail shape: never lighter than exponential (out-of-sample residuals are wider
@@ -37,6 +38,64 @@ def false_alarm_rate(sensitivity: str, step_s: float) -> float:
         raise ValueError(f"The 'sensitivity' parameter must be one of {', '.join(SENSITIVITIES)}. "
                          f"Got {sensitivity!r} instead.") from None
     return min(0.05, per_week * max(step_s, 1.0) / SECONDS_PER_WEEK)
+
+
+def episodes_per_day(sensitivity: str) -> float:
+    """False-alarm episodes per series per day a sensitivity word aims at (low/medium/high:
+    about one a month, a week, a day)."""
+    try:
+        return SENSITIVITIES[sensitivity] / 7.0
+    except KeyError:
+        raise ValueError(f"The 'sensitivity' parameter must be one of {', '.join(SENSITIVITIES)}. "
+                         f"Got {sensitivity!r} instead.") from None
+
+
+DAY_MS = 86_400_000
+#: Gumbel quantile positions: median = mu + 0.3665 beta, IQR = 1.5725 beta.
+_GUMBEL_MEDIAN, _GUMBEL_IQR = -math.log(math.log(2.0)), math.log(math.log(4.0)) - math.log(math.log(4.0 / 3.0))
+
+
+def episode_threshold(times_ms: np.ndarray, stat: np.ndarray, per_day: float, *, floor: float = 0.0,
+                      margin: float = 1.15, min_blocks: int = 8, center: float = 0.0,
+                      density: float = 1.0) -> float:
+    """The level a statistic exceeds in about ``per_day`` separate episodes a day, out of sample.
+
+    What an operator lives with is episodes, not points: so the threshold is set on block maxima
+    (the largest value of ``stat`` in each day of the training data, or in each of ``min_blocks``
+    equal blocks when the data covers fewer days). A Gumbel law is fitted to their quartiles (so a
+    few incident days in training cannot move it) and extrapolated to ``per_day``; a block exceeds
+    the threshold when at least one episode starts in it. Two guards keep the promise out of
+    sample: never below ``margin`` times the typical block maximum (measured from ``center``, the
+    statistic's normal value) (a perfectly repeating series,
+    a daily job that spikes at the same minute every day: what every day does is normal), and
+    never below ``floor`` (a domain minimum, e.g. 3 spreads).
+    """
+    t = np.asarray(times_ms, dtype=np.int64)
+    s = np.asarray(stat, dtype=np.float64)
+    ok = np.isfinite(s)
+    t, s = t[ok], s[ok]
+    if s.size == 0:
+        return max(floor, 1e-12) if floor > 0 else math.inf
+    span_ms = int(t[-1] - t[0]) if t.size > 1 else 0
+    if span_ms <= 0 or s.size < 2 * min_blocks:
+        return max(floor, center + margin * (float(s.max()) - center), 1e-12)
+    block_ms = DAY_MS if span_ms >= min_blocks * DAY_MS else max(1, span_ms // min_blocks)
+    block = (t - t[0]) // block_ms
+    maxima = np.full(int(block[-1]) + 1, -np.inf)
+    np.maximum.at(maxima, block, s)
+    # A block with a handful of points (the end of the data, a gap) says little about its maximum.
+    counts = np.bincount(block, minlength=maxima.size)
+    maxima = maxima[counts >= max(1, 0.5 * float(np.median(counts)))]
+    q25, q50, q75 = (float(v) for v in np.quantile(maxima, [0.25, 0.5, 0.75]))
+    beta = max(0.0, (q75 - q25) / _GUMBEL_IQR)
+    mu = q50 - _GUMBEL_MEDIAN * beta
+    density = max(density, 1.0)
+    per_block = max(per_day * block_ms / DAY_MS / density, 1e-9)
+    threshold = mu - beta * math.log(per_block)
+    # Coarse training points miss the extremes between them (a noiseless series' worst
+    # interpolation error, a transition): the margin grows with the points each one stands for.
+    margin *= density ** 0.25
+    return float(max(threshold, center + margin * (q50 - center), floor, 1e-12))
 
 
 def pot_threshold(scores: np.ndarray, alpha: float, *, tail_fraction: float = 0.05,

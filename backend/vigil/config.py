@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .units import format_duration, parse_duration_s, parse_instant_ms
+from .units import format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
 __all__ = [
     "ConfigError",
@@ -108,6 +108,10 @@ class DetectionSettings:
     train_window_s: float = 7 * 86400.0
     sensitivity: str = "medium"
     refit_every_s: float = field(default=3600.0, metadata=_meta("a cached model is refitted this often"))
+    min_deviation: str = field(default="1%", metadata=_meta(
+        "smallest deviation that may alarm: a number in the series' unit and/or a percentage of its level"))
+    score_step_s: float = field(default=60.0, metadata=_meta(
+        "every point is scored at this step whatever a panel asks, so its verdict is the same in every view"))
     min_train_points: int = 24
     max_train_points: int = field(default=2016, metadata=_meta("training resolution cap per series"))
     cache_size: int = 4096
@@ -170,6 +174,7 @@ class JobSettings:
     dashboard_uid: str | None = None
     panel_id: int | None = None
     exclude: tuple[ExcludeWindow, ...] = ()
+    min_deviation: str | None = None
     group_by: tuple[str, ...] = field(default=(), metadata=_meta(
         "label names: score each group of series with these labels' values as one multivariate model"))
 
@@ -463,6 +468,16 @@ def _validate(s: Settings, loader: _Loader) -> None:
         loader.problem("detection.model", f"one of {', '.join(MODELS)}", s.detection.model)
     if s.detection.sensitivity not in SENSITIVITIES:
         loader.problem("detection.sensitivity", f"one of {', '.join(SENSITIVITIES)}", s.detection.sensitivity)
+    for where, text in [("detection.min_deviation", s.detection.min_deviation)] + [
+            (f"jobs[{i}].min_deviation", job.min_deviation) for i, job in enumerate(s.jobs)
+            if job.min_deviation is not None]:
+        try:
+            parse_min_deviation(text)
+        except ValueError:
+            loader.problem(where, "a number in the series' unit and/or a percentage of its level, "
+                                  "e.g. '0.5', '5%' or '0.5, 5%'", text)
+    if s.detection.score_step_s < 1:
+        loader.problem("detection.score_step", "at least 1s", format_duration(s.detection.score_step_s))
     if s.detection.train_window_s < 3600:
         loader.problem("detection.train_window", "at least 1h", format_duration(s.detection.train_window_s))
     for name, value in (("server.port", s.server.port), ("worker.metrics_port", s.worker.metrics_port)):

@@ -43,6 +43,9 @@ class Hysteresis:
     ``open_start`` is the index (in points fed so far) where the open episode started, or None.
     """
 
+    #: whether points back below ``exit_score`` inside an open episode keep ``is_anomaly`` 1
+    hold_flags = True
+
     def __init__(self, *, enter_score: float = 1.0, exit_score: float = 0.8, quiet_points: int = 2):
         if not 0 < exit_score <= enter_score:
             raise ValueError(f"The 'exit_score' parameter of Hysteresis must be in (0, enter_score]. Got {exit_score!r} instead.")
@@ -92,7 +95,7 @@ class Hysteresis:
                     self.closed.append((self.open_start, int(self.last_hot)))
                     self.open_start = self.last_hot = None
                     self.quiet = 0
-                else:
+                elif self.hold_flags:
                     out[i] = 1
             i += 1
         self.n_seen += n

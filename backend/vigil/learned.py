@@ -27,8 +27,8 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.svm import OneClassSVM
 
-from .baseline import Scores, SeasonalBaseline
-from .calibration import false_alarm_rate, pot_threshold
+from .baseline import MAX_SCORE, Scores, SeasonalBaseline
+from .calibration import episode_threshold, episodes_per_day
 
 __all__ = ["LearnedDetector", "IsolationForestDetector", "OneClassSVMDetector"]
 
@@ -39,8 +39,11 @@ class LearnedDetector:
     name = "learned"
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, random_state: int = 0,
-                 estimator_max_age_s: float = 86400.0):
+                 estimator_max_age_s: float = 86400.0, min_deviation: float = 0.0,
+                 min_relative_deviation: float = 0.01):
         self.sensitivity = sensitivity
+        self.min_deviation = min_deviation
+        self.min_relative_deviation = min_relative_deviation
         self.step_s = step_s
         self.random_state = random_state
         self.estimator_max_age_s = estimator_max_age_s
@@ -66,7 +69,8 @@ class LearnedDetector:
         # The false-alarm budget is shared: most for the band and shift statistics (they keep the
         # ranking of extreme values), the rest for the patterns only the estimator sees.
         self.baseline_ = SeasonalBaseline(sensitivity=self.sensitivity, step_s=self.step_s,
-                                          budget=1.0 - self.learned_budget).fit(times_ms, values)
+                                          budget=1.0 - self.learned_budget, min_deviation=self.min_deviation,
+                                          min_relative_deviation=self.min_relative_deviation).fit(times_ms, values)
         if (isinstance(previous, type(self)) and previous._params() == self._params()
                 and hasattr(previous, "estimator_")
                 and 0 <= self.baseline_.train_end_ms_ - previous.estimator_fit_ms_ < self.estimator_max_age_s * 1000):
@@ -82,19 +86,18 @@ class LearnedDetector:
         base = self.baseline_.score(t, x)
         features = self._features(x, base)
         normal = np.convolve(base.anomaly_score >= 1.0, np.ones(self.window), mode="full")[: x.size] == 0
-        fit_rows = features[normal] if normal.sum() >= 16 else features
-        self.estimator_ = self._make_estimator().fit(fit_rows)
+        rows = np.flatnonzero(normal) if normal.sum() >= 16 else np.arange(x.size)
+        self.estimator_ = self._make_estimator().fit(features[rows])
         # Calibrate on rows the estimator did not train on when it leaves some out (the SVM):
         # in-sample kernel scores are optimistic.
         held_out = getattr(self.estimator_, "held_out_", None)
-        raw = self._raw(fit_rows[held_out] if held_out is not None and held_out.sum() >= 64 else fit_rows)
+        if held_out is not None and held_out.sum() >= 64:
+            rows = rows[held_out]
+        raw = self._raw(features[rows])
         self.center_ = float(np.median(raw))
-        alpha = false_alarm_rate(self.sensitivity, self.step_s) * self.learned_budget
-        self.threshold_ = max(pot_threshold(raw, alpha), self.center_ + 1e-9)
-        if alpha * raw.size < 1:
-            # A rate rarer than one in the calibration rows lies beyond all of them: a tail fit
-            # that lands inside them (kernel scores flatten outside the support) is too tight.
-            self.threshold_ = max(self.threshold_, float(np.max(raw)))
+        # Calibrated on episodes, like the baseline: the estimator's share of the budget.
+        per_day = episodes_per_day(self.sensitivity) * self.learned_budget
+        self.threshold_ = max(episode_threshold(t[rows], raw, per_day, center=self.center_), self.center_ + 1e-9)
         return self
 
     #: points in the local mean and volatility features
@@ -123,7 +126,7 @@ class LearnedDetector:
         # The first points of what is scored have short trailing windows the estimator never saw
         # in training: the baseline alone speaks for them.
         learned[: self.window - 1] = 0.0
-        score = np.where(np.isfinite(x), np.maximum(learned, base.anomaly_score), np.nan)
+        score = np.where(np.isfinite(x), np.minimum(np.maximum(learned, base.anomaly_score), MAX_SCORE), np.nan)
         return Scores(score, base.yhat, base.yhat_lower, base.yhat_upper)
 
     @property
@@ -132,6 +135,9 @@ class LearnedDetector:
 
     def spread_at(self, time_ms: int) -> float:
         return self.baseline_.spread_at(time_ms)
+
+    def context_s(self) -> float:
+        return self.baseline_.context_s()
 
     def context(self, time_ms: int) -> str:
         return self.baseline_.context(time_ms)
@@ -149,9 +155,11 @@ class IsolationForestDetector(LearnedDetector):
     name = "iforest"
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, random_state: int = 0,
-                 estimator_max_age_s: float = 86400.0, n_estimators: int = 100, max_samples: int = 256):
+                 estimator_max_age_s: float = 86400.0, n_estimators: int = 100, max_samples: int = 256,
+                 min_deviation: float = 0.0, min_relative_deviation: float = 0.01):
         super().__init__(sensitivity=sensitivity, step_s=step_s, random_state=random_state,
-                         estimator_max_age_s=estimator_max_age_s)
+                         estimator_max_age_s=estimator_max_age_s, min_deviation=min_deviation,
+                         min_relative_deviation=min_relative_deviation)
         self.n_estimators = n_estimators
         self.max_samples = max_samples
 
@@ -230,9 +238,11 @@ class OneClassSVMDetector(LearnedDetector):
     name = "ocsvm"
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, random_state: int = 0,
-                 estimator_max_age_s: float = 86400.0, nu: float = 0.05, max_train: int = 1500):
+                 estimator_max_age_s: float = 86400.0, nu: float = 0.05, max_train: int = 1500,
+                 min_deviation: float = 0.0, min_relative_deviation: float = 0.01):
         super().__init__(sensitivity=sensitivity, step_s=step_s, random_state=random_state,
-                         estimator_max_age_s=estimator_max_age_s)
+                         estimator_max_age_s=estimator_max_age_s, min_deviation=min_deviation,
+                         min_relative_deviation=min_relative_deviation)
         self.nu = nu
         self.max_train = max_train
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 import numpy as np
 
 from .config import LABEL_NAME, MODELS, SENSITIVITIES, ExcludeWindow, Settings
-from .detectors import Detector, Scores, fit_detector, is_learned
+from .detectors import CONTEXT_S, Detector, Scores, fit_detector, is_learned
 from .episodes import Episode, find_episodes, quiet_points_for
 from .errors import BadRequest, VigilError
 from .explain import explain
@@ -31,12 +31,12 @@ from .presets import resolve
 from .prometheus import LokiClient, PrometheusClient
 from .promql import Matcher, inject_matchers
 from .series import Series, series_key, series_name
-from .units import format_duration, ms_to_s
+from .units import MinDeviation, format_duration, ms_to_s, parse_min_deviation
 
 if TYPE_CHECKING:
     from .grouping import ScoredGroup
 
-__all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "exclude_windows"]
+__all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "exclude_windows", "downsample"]
 
 log = logging.getLogger("vigil.pipeline")
 
@@ -69,6 +69,8 @@ class Query:
     #: label names whose values group the series; each group is scored by one multivariate
     #: model (``vigil.grouping``). Empty: every series on its own.
     group_by: tuple[str, ...] = ()
+    #: the smallest deviation that may alarm; None: ``detection.min_deviation``
+    min_deviation: MinDeviation | None = None
 
 
 @dataclass
@@ -117,6 +119,8 @@ class FetchedView:
     series: list[Series]
     notices: list[str]
     remaining_s: Callable[[], float]
+    #: the step the answer is returned at: the scoring step, or the coarser one the query asked for
+    view_step_s: float = 0.0
 
 
 class Detection:
@@ -181,17 +185,21 @@ class Detection:
             notices.append(f"{expr.strip()} looks like a raw counter: it only grows and resets on restarts; "
                            f"score rate({expr.strip()}[5m]) instead")
         client = self._client(source, where)
-        # Scores are computed from the end of the model's training history, whatever the viewed
-        # start, so that a point's score does not depend on where a panel or a worker run begins
-        # (the causal level and the pattern windows warm up on the same points every time).
-        warmup_start_ms = _TrainingPlan.slot_start_ms(query.start_ms, self.settings)
-        step_s = self._step_s(query.end_ms - warmup_start_ms, query.step_s)
-        if step_s > query.step_s:
-            notices.append(f"step raised to {format_duration(step_s)} to stay within "
+        # A point's verdict must not depend on how it is viewed. So every point is scored at one
+        # step (detection.score_step, raised only to stay within the points cap), by the model of
+        # the refit slot the query *ends* in, from the points of a fixed context before it (the
+        # detector's trailing level and shift windows): the same score and decision for a
+        # timestamp whether a panel shows 30 minutes or 7 days, and in the worker. Panels that
+        # asked for a coarser step get the scores downsampled to it (score_series).
+        context_ms = int(CONTEXT_S * 1000)
+        step_s = self._step_s(query.end_ms - query.start_ms + context_ms,
+                              max(self.settings.detection.score_step_s, 1.0))
+        if step_s > self.settings.detection.score_step_s:
+            notices.append(f"scored at a {format_duration(step_s)} step to stay within "
                            f"{self.settings.prometheus.max_points_per_series} points per series")
         step_ms = int(step_s * 1000)
         view_start_ms = -(-query.start_ms // step_ms) * step_ms  # on the step grid, like Grafana
-        fetch_start_ms = min(view_start_ms, (warmup_start_ms // step_ms) * step_ms)
+        fetch_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
 
         try:
             view = client.query_range(expr, ms_to_s(fetch_start_ms), ms_to_s(query.end_ms), step_s,
@@ -204,7 +212,7 @@ class Detection:
             raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")
         return FetchedView(query, expr, source, unit, legend, where, client, step_s, view_start_ms, view, notices,
-                           remaining_s)
+                           remaining_s, max(step_s, float(query.step_s)))
 
     def score_series(self, fetched: FetchedView, s: Series, detector: Detector | None) -> ScoredSeries | None:
         """One series scored by its detector (None: too little history), cut to the viewed range."""
@@ -216,13 +224,15 @@ class Detection:
                                 np.zeros(nan.size, np.int8), [], "none (too little history)", fetched.unit, name)
         scores = detector.score(s.times_ms, s.values)
         is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet_points_for(fetched.step_s))
-        # Only what was asked for is returned; an episode that began in the warm-up keeps its start.
+        # Only what was asked for is returned; an episode that began in the context keeps its start.
         if not keep.any():
             return None
         episodes = [e._replace(reason=explain(e, detector, unit=fetched.unit, series=name)) for e in episodes
                     if e.end_ms is None or e.end_ms >= fetched.view_start_ms]
-        return ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)),
-                            is_anomaly[keep], episodes, detector.name, fetched.unit, name)
+        times, values, cut, flags = s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)), is_anomaly[keep]
+        if fetched.view_step_s > fetched.step_s:
+            times, values, cut, flags = downsample(times, values, cut, flags, int(fetched.view_step_s * 1000))
+        return ScoredSeries(s.labels, times, values, cut, flags, episodes, detector.name, fetched.unit, name)
 
     def detectors(self, fetched: FetchedView, series: list[Series]) -> dict[str, Detector]:
         """Fitted (or cached) per-series detectors for ``series`` of ``fetched``, keyed by series key."""
@@ -275,9 +285,10 @@ class Detection:
                    step_s: float, where: str, remaining_s: Callable[[], float],
                    notices: list[str]) -> dict[str, Detector]:
         plan = _TrainingPlan.for_query(query, self.settings, step_s)
+        floor = self.min_deviation(query)
         # The score's meaning depends on the scoring step (false alarms per week), so it is keyed.
         common = (source, expr, query.model, query.sensitivity, query.train_window_s, plan.train_step_s, step_s,
-                  query.exclude)
+                  query.exclude, floor)
         panel = query.fit_budget_s is not None
         found: dict[str, Detector] = {}
         missing: list[Series] = []
@@ -313,13 +324,15 @@ class Detection:
                                and _clock.monotonic() - fit_started > query.fit_budget_s)
                 if over_budget:
                     # Answer now with the baseline; the learned model is cached for the next refresh.
-                    model = fit_detector("seasonal", times, values, sensitivity=query.sensitivity, step_s=step_s)
+                    model = fit_detector("seasonal", times, values, sensitivity=query.sensitivity, step_s=step_s,
+                                         min_deviation=floor)
                     model.name = f"seasonal (while {query.model} trains)"
                     self._refit_later(query, client, expr, common, plan, step_s, [key])
                     deferred += 1
                 else:
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair, previous=self._previous(common, key, plan.slot))
+                                         recent=recent_pair, previous=self._previous(common, key, plan.slot),
+                                         min_deviation=floor)
                     self.store_model(common, key, plan.slot, model)
             else:
                 # Cold start: a series with little history is scored by the baseline fitted on
@@ -328,7 +341,7 @@ class Detection:
                 if np.isfinite(s.values[:head]).sum() < min(self.settings.detection.min_train_points, 8):
                     continue
                 model = fit_detector("seasonal", s.times_ms[:head], s.values[:head],
-                                     sensitivity=query.sensitivity, step_s=step_s)
+                                     sensitivity=query.sensitivity, step_s=step_s, min_deviation=floor)
                 model.name = "seasonal (cold start: little history)"
                 cold += 1
             if self.on_fit is not None:
@@ -343,6 +356,12 @@ class Detection:
         if len(found) < len(view):
             notices.append(f"{len(view) - len(found)} series have too little data to score")
         return found
+
+    def min_deviation(self, query: Query) -> MinDeviation:
+        """The query's own smallest alarming deviation, else the configured default."""
+        if query.min_deviation is not None:
+            return query.min_deviation
+        return parse_min_deviation(self.settings.detection.min_deviation)
 
     #: how many refit slots old a model a panel may use while its replacement trains
     _max_stale_slots = 24
@@ -413,7 +432,8 @@ class Detection:
                         continue
                     t0 = _clock.monotonic()
                     model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair, previous=self._previous(common, key, plan.slot))
+                                         recent=recent_pair, previous=self._previous(common, key, plan.slot),
+                                         min_deviation=self.min_deviation(query))
                     self.store_model(common, key, plan.slot, model)
                     if self.on_fit is not None:
                         self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
@@ -436,16 +456,12 @@ class _TrainingPlan:
     train_step_s: float
     max_points: int
 
-    @staticmethod
-    def slot_start_ms(start_ms: int, settings: Settings) -> int:
-        refit_ms = int(settings.detection.refit_every_s * 1000)
-        return (start_ms // refit_ms) * refit_ms
-
     @classmethod
     def for_query(cls, query: Query, settings: Settings, step_s: float) -> "_TrainingPlan":
         det = settings.detection
         refit_ms = int(det.refit_every_s * 1000)
-        slot = query.start_ms // refit_ms
+        # The slot the query ends in: every view of the same moment uses the same model.
+        slot = query.end_ms // refit_ms
         end_ms = slot * refit_ms
         return cls(slot=slot, start_ms=end_ms - int(query.train_window_s * 1000), end_ms=end_ms,
                    train_step_s=float(max(step_s, math.ceil(query.train_window_s / det.max_train_points))),
@@ -453,6 +469,23 @@ class _TrainingPlan:
 
     def recent_start_ms(self, step_s: float) -> int:
         return max(self.start_ms, self.end_ms - int(self.max_points * step_s * 1000))
+
+
+def downsample(times_ms: np.ndarray, values: np.ndarray, scores: Scores, is_anomaly: np.ndarray,
+               step_ms: int) -> tuple[np.ndarray, np.ndarray, Scores, np.ndarray]:
+    """Scores at a coarser step for a panel that asked for one: each bucket ``(t - step, t]`` of the
+    step grid is shown by its most anomalous point (so no anomaly is hidden by the panel's
+    resolution), at the bucket's grid time, and is anomalous if any of its points is."""
+    if times_ms.size == 0:
+        return times_ms, values, scores, is_anomaly
+    bucket = -(-times_ms // step_ms)
+    starts = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
+    rank = np.where(np.isfinite(scores.anomaly_score), scores.anomaly_score, -np.inf)
+    # The last point of a bucket wins ties (what Prometheus itself would show at the grid time).
+    pick = np.array([a + int(np.flatnonzero(rank[a:b] == rank[a:b].max())[-1])
+                     for a, b in zip(starts, np.append(starts[1:], times_ms.size))], dtype=np.int64)
+    flags = np.maximum.reduceat(is_anomaly, starts)
+    return (bucket[starts] * step_ms, values[pick], Scores(*(np.asarray(a)[pick] for a in scores)), flags)
 
 
 def _training_arrays(history: Series | None, recent: Series | None, exclude: tuple[ExcludeWindow, ...]):

@@ -29,16 +29,16 @@ import numpy as np
 
 from .baseline import Scores
 from .config import MODELS, SENSITIVITIES
-from .detectors import Detector, fit_detector, is_learned
+from .detectors import DEFAULT_MIN_DEVIATION, Detector, fit_detector, is_learned
 from .episodes import Episode, Hysteresis, find_episodes, quiet_points_for
 from .explain import explain
-from .units import format_duration, parse_duration_s, parse_instant_ms
+from .units import MinDeviation, format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
 __all__ = ["ReplayResult", "replay", "read_csv", "add_arguments", "run"]
 
 #: Prometheus' default lookback: a grid instant takes the last sample at most this old.
 _LOOKBACK_MS = 300_000
-#: Rows before a slot that are scored along with it, so trailing features have their history.
+#: Rows before a slot that are scored along with it when a detector names no context of its own.
 _CONTEXT_ROWS = 32
 _COLUMNS = ("timestamp", "value", "anomaly_score", "is_anomaly", "yhat", "yhat_lower", "yhat_upper")
 
@@ -56,6 +56,7 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
            train_rows: int | None = None, train_fraction: float = 0.15, refit_every_s: float = 3600.0,
            train_window_s: float = 7 * 86400.0, max_train_points: int = 2016, min_train_points: int = 24,
            exclude_flagged_for_s: float = 0.0, unit: str | None = None,
+           min_deviation: MinDeviation = DEFAULT_MIN_DEVIATION,
            progress: Callable[[float], None] | None = None) -> ReplayResult:
     """Causal replay of one series; see the module docstring. ``progress(fraction)`` is called per slot."""
     t_in = np.asarray(times_ms, dtype=np.int64)
@@ -81,6 +82,7 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
     window_ms = int(train_window_s * 1000)
     train_step_ms = int(max(step_s, math.ceil(train_window_s / max_train_points)) * 1000)
     wants_recent = is_learned(model)
+    context_rows = _CONTEXT_ROWS
     state = Hysteresis(quiet_points=quiet_points_for(step_s))
     # When each flagged row's episode started (for leaving incidents out of training).
     episode_start_ms = np.full(n, np.iinfo(np.int64).max)
@@ -113,12 +115,19 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
         if np.isfinite(hist_x).sum() < min_train_points:
             return previous
         n_fits += 1
-        return fit_detector(model, hist_t, hist_x, sensitivity=sensitivity, step_s=step_s, recent=recent,
-                            previous=previous)
+        nonlocal context_rows
+        detector = fit_detector(model, hist_t, hist_x, sensitivity=sensitivity, step_s=step_s, recent=recent,
+                                previous=previous, min_deviation=min_deviation)
+        context = getattr(detector, "context_s", None)
+        if context is not None:
+            context_rows = max(_CONTEXT_ROWS, int(math.ceil(context() / step_s)) + 1)
+        return detector
 
     def score_rows(detector: Detector | None, a: int, b: int) -> None:
         if detector is not None:
-            c = min(a, _CONTEXT_ROWS)
+            # The points before the slot that a score looks at (the trailing level and shift
+            # windows), so a row's score is what the service would give it.
+            c = min(a, context_rows)
             s = detector.score(t[a - c:b], x[a - c:b])
             score[a:b], yhat[a:b] = s.anomaly_score[c:], s.yhat[c:]
             lower[a:b], upper[a:b] = s.yhat_lower[c:], s.yhat_upper[c:]
@@ -277,6 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="draw series, band and anomalies (one PNG per input)")
     parser.add_argument("--refit-every", default="1h", help="refit on trailing history this often (data time; default 1h)")
     parser.add_argument("--train-window", default="7d", help="trailing history each refit trains on (default 7d)")
+    parser.add_argument("--min-deviation", default="1%", metavar="X",
+                        help="smallest deviation that may alarm: a number in the series' unit and/or a percentage "
+                             "of its level, e.g. 0.5, 5%% or '0.5, 5%%' (default 1%%)")
     parser.add_argument("--unit", default=None, help="unit for explanations: percentunit, bytes, s, reqps")
 
 
@@ -293,6 +305,10 @@ def run(args: argparse.Namespace) -> int:
         train_window_s = parse_duration_s(args.train_window)
     except ValueError as exc:
         return _fail(f"--refit-every/--train-window: {exc}")
+    try:
+        min_deviation = parse_min_deviation(args.min_deviation)
+    except ValueError as exc:
+        return _fail(f"--min-deviation must be {exc}")
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     tty = sys.stderr.isatty()
@@ -310,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
         result = replay(series.times_ms, series.values, model=args.model, sensitivity=args.sensitivity,
                         train_rows=args.train_rows, train_fraction=args.train_fraction,
                         refit_every_s=refit_every_s, train_window_s=train_window_s, unit=args.unit,
+                        min_deviation=min_deviation,
                         progress=bar.update if bar else None)
         if bar:
             bar.done()

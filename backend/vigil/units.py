@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 __all__ = [
+    "MinDeviation",
+    "parse_min_deviation",
     "parse_duration_s",
     "format_duration",
     "parse_instant_ms",
@@ -134,3 +137,32 @@ def query_step_s(
     if max_data_points:
         candidates.append(range_s / max_data_points)
     return float(max(1, math.ceil(max(candidates))))
+
+
+class MinDeviation(NamedTuple):
+    """The smallest distance from the expected value that may be anomalous: ``absolute`` in the
+    series' unit, or ``relative`` times its typical level, whichever is larger."""
+
+    absolute: float = 0.0
+    relative: float = 0.0
+
+
+def parse_min_deviation(text: str | int | float) -> MinDeviation:
+    """``"5%"`` (of the series' typical level), ``0.5`` or ``"0.5"`` (in its unit), or both as
+    ``"0.5, 5%"``. Raises ValueError naming the problem."""
+    absolute = relative = 0.0
+    parts = [text] if isinstance(text, (int, float)) and not isinstance(text, bool) else str(text).split(",")
+    for part in parts:
+        item = str(part).strip()
+        try:
+            if item.endswith("%"):
+                relative = float(item[:-1]) / 100.0
+            else:
+                absolute = float(item)
+        except ValueError:
+            raise ValueError(f"a number in the series' unit (0.5) and/or a percentage of its level (5%); "
+                             f"got {text!r}") from None
+    if not (math.isfinite(absolute) and math.isfinite(relative)) or absolute < 0 or relative < 0:
+        raise ValueError(f"a non-negative number and/or percentage; got {text!r}")
+    return MinDeviation(absolute, relative)
+

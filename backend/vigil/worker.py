@@ -33,6 +33,7 @@ from .config import ConfigError, JobSettings, Settings, load_settings
 from .outbox import Outbox
 from .series import series_key
 from .tracker import Change, ObservedSeries, track
+from .units import parse_min_deviation
 from .worker_metrics import MetricsServer, WorkerMetrics
 
 __all__ = ["Worker", "JobOutcome", "in_shard", "add_arguments", "run"]
@@ -132,6 +133,7 @@ class Worker:
             # Shard before scoring, so each shard fits models for its own series only.
             series_filter=lambda labels: in_shard(job.name, unit_key(labels), self.shard_index, self.shard_count),
             max_series=self.settings.worker.max_series, group_by=job.group_by,
+            min_deviation=parse_min_deviation(job.min_deviation) if job.min_deviation is not None else None,
         )
         try:
             result = self.detection.run(query, deadline_s=max(job.every_s, 10.0))

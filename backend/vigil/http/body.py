@@ -11,11 +11,11 @@ from flask import request
 from ..config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
 from ..errors import BadRequest
 from ..frames import FIELDS
-from ..units import parse_duration_s
+from ..units import MinDeviation, parse_duration_s, parse_min_deviation
 
 __all__ = ["read_json", "reject_unknown", "DetectionOptions", "detection_options", "as_bool"]
 
-OPTION_KEYS = ("model", "sensitivity", "train_window", "source", "legend", "fields", "group_by")
+OPTION_KEYS = ("model", "sensitivity", "train_window", "source", "legend", "fields", "group_by", "min_deviation")
 
 
 def read_json(*, default: Any = None) -> Any:
@@ -60,6 +60,7 @@ class DetectionOptions:
     legend: str | None
     fields: tuple[str, ...]
     group_by: tuple[str, ...] = ()
+    min_deviation: MinDeviation | None = None
 
 
 def detection_options(obj: Mapping[str, Any], settings: Settings, where: str, *, prefix: str = "") -> DetectionOptions:
@@ -90,8 +91,14 @@ def detection_options(obj: Mapping[str, Any], settings: Settings, where: str, *,
         fields = [f.strip() for f in fields.split(",") if f.strip()]
     if not isinstance(fields, (list, tuple)) or not all(f in FIELDS for f in fields):
         raise BadRequest(f"{where}: fields must be a list of {', '.join(FIELDS)}; got {fields!r}", code="bad_field")
+    min_deviation = None
+    if obj.get("min_deviation") not in (None, ""):
+        try:
+            min_deviation = parse_min_deviation(obj["min_deviation"])
+        except ValueError as exc:
+            raise BadRequest(f"{where}: {prefix}min_deviation must be {exc}", code="bad_field") from None
     return DetectionOptions(model, sensitivity, train_window_s, source, legend, tuple(fields),
-                            group_by_option(obj.get("group_by"), f"{where}: {prefix}group_by"))
+                            group_by_option(obj.get("group_by"), f"{where}: {prefix}group_by"), min_deviation)
 
 
 def group_by_option(value: Any, where: str) -> tuple[str, ...]:

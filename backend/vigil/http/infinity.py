@@ -72,7 +72,7 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
             expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
             train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
             ref_id="infinity", legend=opts.legend, group_by=opts.group_by,
-            fit_budget_s=settings.detection.fit_budget_s))
+            min_deviation=opts.min_deviation, fit_budget_s=settings.detection.fit_budget_s))
         rows = to_rows(result, latest=as_bool(body.get("latest", False), f"{where}: latest"),
                        only_anomalies=as_bool(body.get("only_anomalies", False), f"{where}: only_anomalies"))
         return jsonify(rows)

@@ -110,7 +110,7 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
                 expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
                 train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
                 filters=filters, ref_id=ref_id, legend=opts.legend, group_by=opts.group_by,
-                fit_budget_s=settings.detection.fit_budget_s))
+                min_deviation=opts.min_deviation, fit_budget_s=settings.detection.fit_budget_s))
             if as_bool(payload.get("annotations", False), f"{where}: payload.annotations"):
                 frames.extend(to_annotation_frames(result, ref_id))
             else:
