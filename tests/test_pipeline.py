@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from vigil.config import ExcludeWindow
@@ -86,18 +87,44 @@ def test_excluding_the_whole_history_means_cold_start(detection, seeded_promethe
     assert any("history" in n for n in result.notices)
 
 
-def test_a_points_score_does_not_depend_on_where_the_range_starts(detection, seeded_prometheus):
-    """Worker runs start their lookback at different instants; the same point must score the same."""
+def _verdicts(result):
+    return {(s.labels["instance"], int(t)): (float(v), int(f)) for s in result.series
+            for t, v, f in zip(s.times_ms, s.scores.anomaly_score, s.is_anomaly)}
+
+
+@pytest.mark.parametrize("model", ["auto", "iforest"])
+def test_a_points_verdict_does_not_depend_on_how_it_is_viewed(detection, seeded_prometheus, model):
+    """The same score and decision for a timestamp whether a panel shows 15 minutes or 7 days (at
+    Grafana's step for each), and in a worker run (30 minutes at 60 s) that starts anywhere."""
     end_ms = seeded_prometheus.end_ms
-    refit_ms = int(detection.settings.detection.refit_every_s * 1000)
-    slot_start = (end_ms // refit_ms - 1) * refit_ms  # the last whole refit slot: both starts lie in it
-    scores = []
-    for start_ms in (slot_start + 7_000, slot_start + 20 * 60_000 + 31_000):
-        result = detection.run(Query(expr=seeded_prometheus.metric, start_ms=start_ms, end_ms=end_ms, step_s=60,
-                                     model="iforest"))
-        scores.append({(s.labels["instance"], int(t)): float(v) for s in result.series
-                       for t, v in zip(s.times_ms, s.scores.anomaly_score)})
-    common = set(scores[0]) & set(scores[1])
-    assert len(common) >= 3 * 30
-    differ = {k: (scores[0][k], scores[1][k]) for k in common if not abs(scores[0][k] - scores[1][k]) < 1e-9}
-    assert not differ
+    views = {}
+    for span_s, step_s in ((900, 15), (1800, 60), (1800 + 37, 60), (3600, 15), (3 * 3600, 15), (7 * 86400 - 7200, 60)):
+        result = detection.run(Query(expr=seeded_prometheus.metric, start_ms=end_ms - span_s * 1000, end_ms=end_ms,
+                                     step_s=step_s, model=model))
+        views[(span_s, step_s)] = _verdicts(result)
+    longest = views[(7 * 86400 - 7200, 60)]
+    for key, verdicts in views.items():
+        common = set(verdicts) & set(longest)
+        assert len(common) >= 3 * 14, key
+        differ = {k: (verdicts[k], longest[k]) for k in common
+                  if not (abs(verdicts[k][0] - longest[k][0]) < 1e-9 and verdicts[k][1] == longest[k][1])}
+        assert not differ, (key, sorted(differ.items())[:3])
+
+
+def test_a_coarse_panel_shows_each_buckets_most_anomalous_point(detection, seeded_prometheus):
+    end_ms = seeded_prometheus.end_ms
+    start_ms = end_ms - 6 * 3600_000
+    fine = _verdicts(detection.run(Query(expr=seeded_prometheus.metric, start_ms=start_ms, end_ms=end_ms, step_s=60)))
+    coarse = detection.run(Query(expr=seeded_prometheus.metric, start_ms=start_ms, end_ms=end_ms, step_s=600))
+    checked = 0
+    for s in coarse.series:
+        instance = s.labels["instance"]
+        assert np.all(np.diff(s.times_ms) == 600_000)
+        for t, score, flag in zip(s.times_ms, s.scores.anomaly_score, s.is_anomaly):
+            inside = [v for (i, u), v in fine.items() if i == instance and t - 600_000 < u <= t]
+            if len(inside) < 10:
+                continue
+            assert score == max(v[0] for v in inside)
+            assert flag == max(v[1] for v in inside)
+            checked += 1
+    assert checked >= 3 * 30

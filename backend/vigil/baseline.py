@@ -32,7 +32,6 @@ every model its expected band.
 from __future__ import annotations
 
 import math
-import warnings
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -112,12 +111,12 @@ class SeasonalBaseline:
     #: neighbouring time-of-day bins on each side pooled into a bin's spread
     spread_reach_bins = 2
     #: times the training data is searched for incidents (each after refitting without them)
-    incident_passes = 2
+    incident_passes = 3
     #: most of the training data that may be left out as incidents
     max_incident_fraction = 0.1
     #: how far beyond the robust thresholds a training point must be to count as an incident:
     #: a normal point left out of training costs calibration more than an incident kept
-    incident_margin = 1.5
+    incident_margin = 1.1
 
     def _incidents(self, t: np.ndarray, kept: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Training points inside incidents: flagged against a robust threshold, with the time
@@ -412,11 +411,12 @@ def trailing_median(a: np.ndarray, k: int, samples: int = 32) -> np.ndarray:
     view = np.lib.stride_tricks.sliding_window_view(padded, k)[:n, ::-1][:, ::stride]
     need = min(3, view.shape[1])
     for lo in range(0, n, 16384):  # bounded memory on long series
-        windows = view[lo:lo + 16384]
-        finite = np.isfinite(windows).sum(axis=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(windows, axis=1)
+        ordered = np.sort(view[lo:lo + 16384], axis=1)  # NaN sorts last
+        finite = np.isfinite(ordered).sum(axis=1)
+        mid_lo = np.maximum(finite - 1, 0) // 2
+        mid_hi = finite // 2
+        med = (np.take_along_axis(ordered, mid_lo[:, None], 1)[:, 0]
+               + np.take_along_axis(ordered, np.minimum(mid_hi, ordered.shape[1] - 1)[:, None], 1)[:, 0]) / 2.0
         out[lo:lo + 16384] = np.where(finite >= need, med, np.nan)
     return out
 
