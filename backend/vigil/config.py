@@ -292,6 +292,10 @@ class _Loader:
                 return None
             self.problem(where, "set", None)
             return _INVALID
+        if isinstance(value, _EnvText):
+            value = self.from_env(base, value, where)
+            if value is _INVALID:
+                return _INVALID
         if f.name.endswith("_s"):
             try:
                 return parse_duration_s(value)
@@ -358,6 +362,36 @@ class _Loader:
         raise AssertionError(f"unhandled config type {hint!r}")  # pragma: no cover
 
 
+    def from_env(self, base: Any, text: "_EnvText", where: str) -> Any:
+        """An environment value is always text: read it as the field's declared type, never guess."""
+        raw = str(text).strip()
+        if base is bool:
+            lowered = raw.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            self.problem(where, "true or false", str(text))
+            return _INVALID
+        if base is int:
+            try:
+                return int(raw)
+            except ValueError:
+                self.problem(where, "an integer", str(text))
+                return _INVALID
+        if base is float:
+            try:
+                return float(raw)
+            except ValueError:
+                self.problem(where, "a number", str(text))
+                return _INVALID
+        return str(text)  # strings, secrets, durations and instants parse text themselves
+
+
+class _EnvText(str):
+    """A value read from the environment: text whatever it looks like, typed by its field."""
+
+
 _INVALID = object()
 
 
@@ -398,17 +432,7 @@ def _env_overrides(environ: Mapping[str, str], loader: _Loader) -> dict[str, dic
 
 
 def _coerce_env(value: str) -> Any:
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    return _EnvText(value)
 
 
 def load_settings(
