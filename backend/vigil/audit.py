@@ -440,7 +440,9 @@ def open_for_reading(path: str | Path) -> AuditStore | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the YAML configuration (audit.path names the store)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="the YAML configuration, audit.path names the store (default: $VIGIL_CONFIG; "
+                             "VIGIL_* variables override it, e.g. VIGIL_AUDIT_PATH)")
     parser.add_argument("--since", default="24h", help="how far back to list, a duration (default 24h)")
     parser.add_argument("--job", default=None, help="only this job")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -449,10 +451,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_settings
+    from .config import ConfigError, config_path, load_settings
 
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(config_path(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
+from typing import Sequence
+
+from . import __version__
 
 __all__ = ["main", "COMMANDS"]
 
@@ -25,10 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (the arguments after the program name): only the named command is imported."""
     parser = argparse.ArgumentParser(prog="vigil", description="Anomaly detection for Prometheus and Loki, for Grafana.")
+    parser.add_argument("--version", action="version", version=f"vigil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    argv = sys.argv[1:]
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         # Import only the command being run (and all of them for --help).
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module_name: str):
+def _load(module_name: str) -> ModuleType | None:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -49,11 +54,11 @@ def _load(module_name: str):
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to ``sys.argv[1:]`` (read, never rewritten)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:
         parser.error(f"'{args.command}' is not available in this installation")

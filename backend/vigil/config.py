@@ -43,6 +43,7 @@ __all__ = [
     "JobSettings",
     "ExcludeWindow",
     "load_settings",
+    "config_path",
     "check_config",
     "SENSITIVITIES",
     "MODELS",
@@ -433,6 +434,12 @@ def _env_overrides(environ: Mapping[str, str], loader: _Loader) -> dict[str, dic
 
 def _coerce_env(value: str) -> Any:
     return _EnvText(value)
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The configuration file a command reads: ``--config`` if given, else ``$VIGIL_CONFIG``, else None."""
+    environ = os.environ if environ is None else environ
+    return explicit or environ.get("VIGIL_CONFIG") or None
 
 
 def load_settings(

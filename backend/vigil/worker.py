@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .audit import AuditStore
-from .config import ConfigError, JobSettings, Settings, load_settings
+from .config import ConfigError, JobSettings, Settings, config_path, load_settings
 from .outbox import Outbox
 from .series import series_key
 from .tracker import Change, ObservedSeries, track
@@ -331,7 +331,8 @@ def _make_sinks(settings: Settings) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the YAML configuration")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="the YAML configuration (default: $VIGIL_CONFIG; VIGIL_* variables override it)")
     parser.add_argument("--shard-index", type=int, default=None, help="this worker's shard (default worker.shard_index)")
     parser.add_argument("--shard-count", type=int, default=None, help="number of shards (default worker.shard_count)")
     parser.add_argument("--once", action="store_true",
@@ -345,13 +346,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
+    path = config_path(args.config)
+    if path is None:
+        print("vigil worker: --config or $VIGIL_CONFIG: must name the YAML configuration with the jobs; got neither",
+              file=sys.stderr)
+        return 2
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     if not settings.jobs:
-        print(f"{args.config}: jobs: must list at least one job for the worker; got none", file=sys.stderr)
+        print(f"{path}: jobs: must list at least one job for the worker; got none", file=sys.stderr)
         return 2
     try:
         worker = Worker(settings, shard_index=args.shard_index, shard_count=args.shard_count)
