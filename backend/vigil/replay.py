@@ -22,6 +22,7 @@ import csv
 import math
 import sys
 import time as _clock
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, TextIO
 
@@ -29,12 +30,13 @@ import numpy as np
 
 from .baseline import Scores
 from .config import MODELS, SENSITIVITIES
+from .display import format_span
 from .detectors import Detector, fit_detector, is_learned
 from .episodes import Episode, Hysteresis, find_episodes, quiet_points_for
 from .explain import explain
 from .units import format_duration, parse_duration_s, parse_instant_ms
 
-__all__ = ["ReplayResult", "replay", "read_csv", "add_arguments", "run"]
+__all__ = ["ReplayResult", "CsvSeries", "replay", "read_csv", "write_csv", "add_arguments", "run"]
 
 #: Prometheus' default lookback: a grid instant takes the last sample at most this old.
 _LOOKBACK_MS = 300_000
@@ -172,10 +174,16 @@ class CsvSeries(NamedTuple):
     values_text: list[str]
     times_ms: np.ndarray
     values: np.ndarray
+    #: (line number, text) of every row whose value is not a finite number: a gap in the series
+    unusable: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def usable_rows(self) -> int:
+        return len(self.timestamps) - len(self.unusable)
 
 
 def read_csv(path: str | Path) -> CsvSeries:
-    """``timestamp,value`` rows (other columns ignored); an empty or non-numeric value is a gap."""
+    """``timestamp,value`` rows (other columns ignored); a value that is not a number is a gap, listed in ``unusable``."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -189,7 +197,9 @@ def read_csv(path: str | Path) -> CsvSeries:
         texts: list[str] = []
         times: list[int] = []
         vals: list[float] = []
-        for line_no, row in enumerate(reader, start=2):
+        unusable: list[tuple[int, str]] = []
+        for row in reader:
+            line_no = reader.line_num
             if not row or all(not cell.strip() for cell in row):
                 continue
             try:
@@ -200,33 +210,49 @@ def read_csv(path: str | Path) -> CsvSeries:
                                  f"got {row[it] if it < len(row) else ''!r}") from None
             text = row[iv].strip() if iv < len(row) else ""
             try:
-                vals.append(float(text) if text else math.nan)
+                number = float(text)
             except ValueError:
-                vals.append(math.nan)
+                number = math.nan
+            if not math.isfinite(number):
+                number = math.nan
+                unusable.append((line_no, text))
+            vals.append(number)
             stamps.append(stamp)
             texts.append(text)
-    return CsvSeries(stamps, texts, np.asarray(times, dtype=np.int64), np.asarray(vals, dtype=np.float64))
+    return CsvSeries(stamps, texts, np.asarray(times, dtype=np.int64), np.asarray(vals, dtype=np.float64),
+                     tuple(unusable))
+
+
+def describe_unusable(series: CsvSeries, shown: int = 5) -> str:
+    """``"3 of 864 rows have no number, left as gaps: line 7 'N/A', line 8 '' (empty), line 10 '0,45' ..."``."""
+    def one(line_no: int, text: str) -> str:
+        if not text:
+            return f"line {line_no} (empty)"
+        hint = " (a decimal comma? write 0.45)" if "," in text and text.replace(",", "", 1).strip().isdigit() else ""
+        return f"line {line_no} {text!r}{hint}"
+
+    listed = ", ".join(one(n, t) for n, t in series.unusable[:shown])
+    more = f" and {len(series.unusable) - shown} more" if len(series.unusable) > shown else ""
+    return (f"{len(series.unusable)} of {len(series.timestamps)} rows have no number and are left as gaps: "
+            f"{listed}{more}")
 
 
 def write_csv(handle: TextIO, series: CsvSeries, result: ReplayResult) -> None:
+    """The input rows, each value as written, with the score columns: always well-formed CSV."""
     s = result.scores
-    handle.write(",".join(_COLUMNS) + "\n")
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(_COLUMNS)
     fmt = _number
-    lines = [
-        f"{_quote(stamp)},{text},{fmt(a)},{int(f)},{fmt(y)},{fmt(lo)},{fmt(hi)}\n"
+    writer.writerows(
+        (stamp, text, fmt(a), int(f), fmt(y), fmt(lo), fmt(hi))
         for stamp, text, a, f, y, lo, hi in zip(series.timestamps, series.values_text, s.anomaly_score.tolist(),
                                                   result.is_anomaly.tolist(), s.yhat.tolist(),
                                                   s.yhat_lower.tolist(), s.yhat_upper.tolist())
-    ]
-    handle.writelines(lines)
+    )
 
 
 def _number(v: float) -> str:
     return "" if v != v else f"{v:.6g}"
-
-
-def _quote(text: str) -> str:
-    return f'"{text}"' if "," in text or '"' in text else text
 
 
 def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: str) -> None:
@@ -306,11 +332,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"vigil detect: {path}: {exc}", file=sys.stderr)
             status = 2
             continue
+        if series.unusable:
+            print(f"vigil detect: {path.name}: {describe_unusable(series)}", file=sys.stderr)
+        if series.usable_rows == 0:
+            print(f"vigil detect: {path}: no row has a numeric value, so there is nothing to score "
+                  f"({len(series.timestamps)} rows read)", file=sys.stderr)
+            status = 2
+            continue
         bar = _Progress(label) if tty else None
-        result = replay(series.times_ms, series.values, model=args.model, sensitivity=args.sensitivity,
-                        train_rows=args.train_rows, train_fraction=args.train_fraction,
-                        refit_every_s=refit_every_s, train_window_s=train_window_s, unit=args.unit,
-                        progress=bar.update if bar else None)
+        # The library's warnings (feature names, convergence, empty slices) are about its internals,
+        # not the user's data, and would bury the summary: keep them off stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = replay(series.times_ms, series.values, model=args.model, sensitivity=args.sensitivity,
+                            train_rows=args.train_rows, train_fraction=args.train_fraction,
+                            refit_every_s=refit_every_s, train_window_s=train_window_s, unit=args.unit,
+                            progress=bar.update if bar else None)
         if bar:
             bar.done()
         if args.output_dir:
@@ -327,11 +364,11 @@ def run(args: argparse.Namespace) -> int:
                 target = target.with_name(f"{target.stem}-{path.stem}{target.suffix or '.png'}")
             plot(target, series, result, title=f"{path.name}: {', '.join(result.models) or 'no model'}")
         took = _clock.monotonic() - started
-        print(f"vigil detect: {path.name}: {len(series.timestamps)} rows, {len(result.episodes)} episodes, "
+        print(f"vigil detect: {path.name}: {len(series.timestamps)} rows ({series.usable_rows} with a number), {len(result.episodes)} episodes, "
               f"model {', '.join(result.models) or 'none (too little data)'}, {result.n_fits} fits, "
               f"refit every {format_duration(refit_every_s)}, {took:.1f} s", file=sys.stderr)
         for e in result.episodes[:20]:
-            print(f"  {e.reason}", file=sys.stderr)
+            print(f"  {format_span(e.start_ms, e.end_ms)}: {e.reason}", file=sys.stderr)
         if len(result.episodes) > 20:
             print(f"  ... and {len(result.episodes) - 20} more", file=sys.stderr)
     return status
