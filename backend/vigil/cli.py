@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 from typing import Sequence
@@ -62,7 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = getattr(args, "_run", None)
     if run is None:
         parser.error(f"'{args.command}' is not available in this installation")
-    return int(run(args) or 0)
+    try:
+        status = int(run(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`vigil audit | head`): what it wanted was printed. Exit quietly, and
+        # point stdout at /dev/null so that the interpreter's final flush does not complain.
+        _silence_stdout()
+        return 0
+    return status
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's captured stdout)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
