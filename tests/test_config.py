@@ -129,3 +129,19 @@ def test_environment_values_are_typed_by_their_field_not_guessed():
 def test_environment_value_of_the_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"environment: server.port: must be an integer; got 'eighty'"):
         load_settings(None, environ={"VIGIL_SERVER_PORT": "eighty"})
+
+
+def test_check_config_finds_an_unbalanced_query(tmp_path):
+    path = write(tmp_path, """
+jobs:
+  - {name: api-errors, query: 'sum(rate(http_errors_total[5m])'}
+  - {name: api-latency, query: 'histogram_quantile(0.9, rate(x{job="api}[5m]))'}
+  - {name: fine, query: 'sum by (job) (rate(x{path=~"/a(b|c)"}[5m]))'}
+""")
+    problems = check_config(path)
+    assert problems == [
+        f"{path}: jobs[0].query: must be a balanced expression ('(' at character 4 is never closed); "
+        "got 'sum(rate(http_errors_total[5m])'",
+        f"{path}: jobs[1].query: must be a balanced expression (the string opened by \" at character 36 is never "
+        "closed); got 'histogram_quantile(0.9, rate(x{job=\"api}[5m]))'",
+    ]

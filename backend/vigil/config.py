@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .promql import balance_problem
 from .units import format_duration, parse_duration_s, parse_instant_ms
 
 __all__ = [
@@ -518,6 +519,8 @@ def _validate(s: Settings, loader: _Loader) -> None:
         seen.add(job.name)
         if not job.query.strip():
             loader.problem(f"{where}.query", "a PromQL/LogQL expression or preset name", job.query)
+        elif (unbalanced := balance_problem(job.query)) is not None:
+            loader.problem(f"{where}.query", f"a balanced expression ({unbalanced})", job.query)
         if job.every_s < 1:
             loader.problem(f"{where}.every", "at least 1s", format_duration(job.every_s))
         if job.source not in ("prometheus", "loki"):

@@ -107,6 +107,8 @@ class Worker:
                              resend_every_s=settings.alertmanager.resend_every_s, metrics=self.metrics,
                              clock_ms=clock_ms)
         self._states: dict[str, _JobState] = {}
+        #: jobs whose last run matched no series: warned about once, then quiet until that changes
+        self._matched_nothing: set[str] = set()
         self._stop = threading.Event()
 
     # -- one run of one job ---------------------------------------------------------------------
@@ -164,11 +166,24 @@ class Worker:
         if state is not None:
             state.last_success_ms, state.last_error = now_ms, None
         outcome = JobOutcome(job.name, True, len(observed), duration_s=duration_s, **applied)
-        log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name, len(observed),
-                 duration_s, outcome.started, outcome.extended, outcome.ended,
-                 extra={"event": "job_run", "vigil_job": job.name, "series": len(observed),
-                        "duration_s": round(duration_s, 3), "started": outcome.started,
-                        "extended": outcome.extended, "ended": outcome.ended, "notices": result.notices})
+        extra = {"event": "job_run", "vigil_job": job.name, "series": len(observed), "duration_s": round(duration_s, 3),
+                 "started": outcome.started, "extended": outcome.extended, "ended": outcome.ended,
+                 "notices": result.notices}
+        if not observed and job.name not in self._matched_nothing:
+            # Said once at warning (a typo, or a metric not scraped yet), then at debug until it changes:
+            # a log line every minute that says the same thing would bury the ones that matter.
+            self._matched_nothing.add(job.name)
+            log.warning("job %s matched no series (query %r)%s; said once, until it matches again", job.name,
+                        job.query, f": {'; '.join(result.notices)}" if result.notices else "",
+                        extra={**extra, "event": "job_matched_nothing"})
+        elif not observed:
+            log.debug("job %s still matches no series", job.name, extra={**extra, "event": "job_matched_nothing"})
+        else:
+            if job.name in self._matched_nothing:
+                self._matched_nothing.discard(job.name)
+                log.info("job %s matches series again", job.name, extra={**extra, "event": "job_matches_again"})
+            log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name,
+                     len(observed), duration_s, outcome.started, outcome.extended, outcome.ended, extra=extra)
         return outcome
 
     def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
