@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import requests
 
 from .audit import StoredEpisode
-from .annotations import format_value
+from .display import format_value
 from .config import AlertmanagerSettings, GrafanaSettings, JobSettings
 from .units import iso_from_ms
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from .audit import StoredEpisode
 from .config import GrafanaSettings, JobSettings
+from .display import format_value
 from .units import iso_from_ms
 
-__all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag", "format_value"]
+__all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag"]
 
 #: Tag prefix that makes an annotation findable by episode.
 EPISODE_TAG = "vigil_episode"
@@ -25,14 +26,6 @@ EPISODE_TAG = "vigil_episode"
 
 def episode_tag(episode_id: str) -> str:
     return f"{EPISODE_TAG}:{episode_id}"
-
-
-def format_value(value: float | None, unit: str | None = None) -> str:
-    """``0.8734`` -> ``'0.8734'``; ``12345678`` with unit ``bytes`` -> ``'1.235e+07 bytes'``."""
-    if value is None:
-        return "n/a"
-    text = f"{value:.4g}"
-    return f"{text} {unit}" if unit else text
 
 
 def annotation_tags(episode: StoredEpisode, job: JobSettings | None = None) -> list[str]:
