@@ -347,7 +347,8 @@ class AuditStore:
     def episodes(self, *, since_ms: int | None = None, until_ms: int | None = None, job: str | None = None,
                  limit: int = 1000) -> list[StoredEpisode]:
         """Episodes overlapping ``[since_ms, until_ms]`` (open ones always overlap), newest first."""
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[int | str] = []
         if since_ms is not None:
             where.append("(end_ms IS NULL OR end_ms >= ?)")
             params.append(since_ms)
@@ -365,7 +366,8 @@ class AuditStore:
 
     def events(self, *, since_ms: int | None = None, episode_id: str | None = None,
                limit: int = 10000) -> list[dict[str, Any]]:
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[int | str] = []
         if since_ms is not None:
             where.append("ts_ms >= ?")
             params.append(since_ms)

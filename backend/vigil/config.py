@@ -359,7 +359,7 @@ class _Loader:
                 return _INVALID
             items = [self.section(item_type, item, f"{where}[{i}]") for i, item in enumerate(value)]
             return tuple(i for i in items if i is not None)
-        if dataclasses.is_dataclass(base):
+        if dataclasses.is_dataclass(base) and isinstance(base, type):
             return self.section(base, value, where)
         raise AssertionError(f"unhandled config type {hint!r}")  # pragma: no cover
 

@@ -316,7 +316,7 @@ class Detection:
             times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
             t0 = _clock.monotonic()
             if np.isfinite(values).sum() >= self.settings.detection.min_train_points:
-                over_budget = (panel and is_learned(query.model)
+                over_budget = (query.fit_budget_s is not None and is_learned(query.model)
                                and _clock.monotonic() - fit_started > query.fit_budget_s)
                 if over_budget:
                     # Answer now with the baseline; the learned model is cached for the next refresh.

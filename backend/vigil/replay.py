@@ -129,8 +129,8 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
         flags = state.update(score[a:b])
         is_anomaly[a:b] = flags
         # Carry each episode's start forward, so training knows how old a flagged row's incident is.
-        for j in np.flatnonzero(flags):
-            j = a + int(j)
+        for offset in np.flatnonzero(flags):
+            j = a + int(offset)
             episode_start_ms[j] = episode_start_ms[j - 1] if j > 0 and is_anomaly[j - 1] else t[j]
 
     # The initial training part: fitted once, scored in-sample.

@@ -165,7 +165,8 @@ class Worker:
         state = self._states.get(job.name)
         if state is not None:
             state.last_success_ms, state.last_error = now_ms, None
-        outcome = JobOutcome(job.name, True, len(observed), duration_s=duration_s, **applied)
+        outcome = JobOutcome(job.name, True, len(observed), started=applied["started"], extended=applied["extended"],
+                             ended=applied["ended"], duration_s=duration_s)
         extra = {"event": "job_run", "vigil_job": job.name, "series": len(observed), "duration_s": round(duration_s, 3),
                  "started": outcome.started, "extended": outcome.extended, "ended": outcome.ended,
                  "notices": result.notices}
@@ -236,10 +237,10 @@ class Worker:
                                                                      "cause": cause}))  # type: ignore[arg-type]
                     for sink in sinks:
                         self.store.enqueue(db, change.episode_id, sink, now_ms)  # type: ignore[arg-type]
-        for kind, episode_id, values in logs:  # after the commit: a log line never claims what is not stored
+        for kind, episode_id, logged in logs:  # after the commit: a log line never claims what is not stored
             (self.metrics.episodes_started if kind == "episode_started" else self.metrics.episodes_ended).labels(job.name).inc()
-            log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, values.get("series_key", ""),
-                     extra={"event": kind, "episode_id": episode_id, "vigil_job": job.name, **_event_detail(values)})
+            log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, logged.get("series_key", ""),
+                     extra={"event": kind, "episode_id": episode_id, "vigil_job": job.name, **_event_detail(logged)})
         return counts
 
     # -- the schedule ---------------------------------------------------------------------------
