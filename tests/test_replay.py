@@ -158,3 +158,31 @@ def test_library_warnings_stay_off_stderr(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         assert main(["detect", "--model", "seasonal", str(src), "--output", str(tmp_path / "out.csv")]) == 0
     assert [str(w.message) for w in caught] == []
+
+
+def test_the_plot_names_its_lines_shows_the_unit_and_no_band_below_zero(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vigil.replay import figure
+
+    src = tmp_path / "cpu.csv"
+    _write_with_bad_values(src, {})
+    series = read_csv(src)
+    result = replay(series.times_ms, series.values, model="seasonal")
+    fig = figure(series, result, title="cpu", unit="percentunit")
+    try:
+        top = fig.axes[0]
+        labels = [t.get_text() for t in top.get_legend().get_texts()]
+        assert {"value", "expected", "expected band", "anomaly", "end of initial training"} <= set(labels)
+        assert top.get_ylabel() == "value (percentunit)"
+        fig.canvas.draw()
+        assert any(t.get_text().endswith("%") for t in top.get_yticklabels())
+        band = next(c for c in top.collections if c.get_label() == "expected band")
+        assert min(v[1] for path in band.get_paths() for v in path.vertices) >= 0.0
+        expected = next(line for line in top.get_lines() if line.get_label() == "expected")
+        value = next(line for line in top.get_lines() if line.get_label() == "value")
+        assert expected.get_zorder() > value.get_zorder()
+    finally:
+        plt.close(fig)

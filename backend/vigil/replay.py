@@ -24,19 +24,19 @@ import sys
 import time as _clock
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple, TextIO
+from typing import Any, Callable, NamedTuple, TextIO
 
 import numpy as np
 
 from .baseline import Scores
 from .config import MODELS, SENSITIVITIES
-from .display import format_span
 from .detectors import Detector, fit_detector, is_learned
+from .display import format_span, format_value
 from .episodes import Episode, Hysteresis, find_episodes, quiet_points_for
 from .explain import explain
 from .units import format_duration, parse_duration_s, parse_instant_ms
 
-__all__ = ["ReplayResult", "CsvSeries", "replay", "read_csv", "write_csv", "add_arguments", "run"]
+__all__ = ["ReplayResult", "CsvSeries", "replay", "read_csv", "write_csv", "plot", "figure", "add_arguments", "run"]
 
 #: Prometheus' default lookback: a grid instant takes the last sample at most this old.
 _LOOKBACK_MS = 300_000
@@ -255,25 +255,45 @@ def _number(v: float) -> str:
     return "" if v != v else f"{v:.6g}"
 
 
-def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: str) -> None:
+def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: str, unit: str | None = None) -> None:
     """The series, its expected band and the anomalies, as a PNG (matplotlib, imported here only)."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(series, result, title=title, unit=unit)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(series: CsvSeries, result: ReplayResult, *, title: str, unit: str | None = None) -> Any:
+    """The ``--plot`` figure: value over its expected line and band, the anomalies, the score below."""
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     order = np.argsort(series.times_ms, kind="stable")
     when = (series.times_ms[order] / 86_400_000.0).astype(np.float64)  # days since the epoch
     s = result.scores
+    values = series.values[order]
+    lower, upper = s.yhat_lower[order], s.yhat_upper[order]
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0:
+        # A series that never goes below zero (a ratio, a size, a rate) cannot be expected below it.
+        lower = np.maximum(lower, 0.0)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.fill_between(when, s.yhat_lower[order], s.yhat_upper[order], color="tab:blue", alpha=0.15, lw=0,
-                     label="expected band")
-    top.plot(when, s.yhat[order], color="tab:blue", lw=0.8, alpha=0.7, label="expected")
-    top.plot(when, series.values[order], color="black", lw=0.7, label="value")
+    top.fill_between(when, lower, upper, color="tab:blue", alpha=0.15, lw=0, label="expected band")
+    top.plot(when, values, color="black", lw=0.7, zorder=2, label="value")
+    # Drawn over the value, dashed, so it stays visible where the two coincide.
+    top.plot(when, s.yhat[order], color="tab:blue", lw=1.0, ls="--", zorder=3, label="expected")
     flagged = result.is_anomaly[order].astype(bool)
-    top.scatter(when[flagged], series.values[order][flagged], s=8, color="tab:red", zorder=3, label="anomaly")
-    top.axvline(when[min(result.train_rows, when.size) - 1], color="grey", ls="--", lw=0.8)
+    top.scatter(when[flagged], values[flagged], s=8, color="tab:red", zorder=4, label="anomaly")
+    if when.size:
+        top.axvline(when[min(result.train_rows, when.size) - 1], color="grey", ls="--", lw=0.8,
+                    label="end of initial training")
     top.set_title(title)
+    top.set_ylabel(f"value ({unit})" if unit else "value")
+    top.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: format_value(y, unit)))
     top.legend(loc="upper left", fontsize=8)
     bottom.plot(when, s.anomaly_score[order], color="tab:red", lw=0.7)
     bottom.axhline(1.0, color="grey", ls=":", lw=0.8)
@@ -282,8 +302,7 @@ def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: st
     bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -362,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
             target = Path(args.plot)
             if len(files) > 1:
                 target = target.with_name(f"{target.stem}-{path.stem}{target.suffix or '.png'}")
-            plot(target, series, result, title=f"{path.name}: {', '.join(result.models) or 'no model'}")
+            plot(target, series, result, title=f"{path.name}: {', '.join(result.models) or 'no model'}", unit=args.unit)
         took = _clock.monotonic() - started
         print(f"vigil detect: {path.name}: {len(series.timestamps)} rows ({series.usable_rows} with a number), {len(result.episodes)} episodes, "
               f"model {', '.join(result.models) or 'none (too little data)'}, {result.n_fits} fits, "
