@@ -210,7 +210,7 @@ def test_a_job_matching_nothing_is_warned_about_once_until_it_matches_again(sett
         for _ in range(3):
             worker.run_job(job)
             clock[0] += STEP_MS
-        assert len(runs_logged("WARNING")) == 1 and "matched no series" in runs_logged("WARNING")[0]
+        assert len(runs_logged("WARNING")) == 1 and "no series matched node_cpu_usage (" in runs_logged("WARNING")[0]
         assert not any("scored 0 series" in m for m in runs_logged("INFO"))
         assert len(runs_logged("DEBUG")) == 2
         detection.next = [scored("a", [], clock[0], score=0.2)]

@@ -174,9 +174,9 @@ class Worker:
             # Said once at warning (a typo, or a metric not scraped yet), then at debug until it changes:
             # a log line every minute that says the same thing would bury the ones that matter.
             self._matched_nothing.add(job.name)
-            log.warning("job %s matched no series (query %r)%s; said once, until it matches again", job.name,
-                        job.query, f": {'; '.join(result.notices)}" if result.notices else "",
-                        extra={**extra, "event": "job_matched_nothing"})
+            reason = self._why_nothing(job, query.start_ms, query.end_ms)
+            log.warning("job %s: %s (said once, until it matches again)", job.name, reason,
+                        extra={**extra, "event": "job_matched_nothing", "reason": reason})
         elif not observed:
             log.debug("job %s still matches no series", job.name, extra={**extra, "event": "job_matched_nothing"})
         else:
@@ -186,6 +186,18 @@ class Worker:
             log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name,
                      len(observed), duration_s, outcome.started, outcome.extended, outcome.ended, extra=extra)
         return outcome
+
+    def _why_nothing(self, job: JobSettings, start_ms: int, end_ms: int) -> str:
+        """Why a job's run matched no series: an unknown metric, no samples yet, or another shard's series."""
+        from .emptiness import why_empty
+        from .presets import resolve
+
+        expr, _ = resolve(job.query)
+        client = getattr(self.detection, "prometheus", None) if job.source == "prometheus" else None
+        reason = why_empty(expr, start_ms, end_ms, shown_as=job.query.strip(), client=client)
+        if self.shard_count > 1:
+            reason += f" (or every series it has belongs to another shard than {self.shard_index}/{self.shard_count})"
+        return reason
 
     def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
         error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
