@@ -170,3 +170,15 @@ def test_audit_piped_into_head_exits_quietly(tmp_path):
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 0
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_audit_table_cuts_long_cells_visibly_except_with_wide(capsys):
+    from vigil.audit import _print
+
+    row = {"series": "instance=" + "x" * 80, "reason": "r" * 150}
+    _print([row], False, ("series", "reason"))
+    default = capsys.readouterr().out.splitlines()[1]
+    assert "x" * 80 not in default and "..." in default and "r" * 150 in default
+    _print([row], False, ("series", "reason"), wide=True)
+    wide = capsys.readouterr().out.splitlines()[1]
+    assert "x" * 80 in wide and "r" * 150 in wide
