@@ -41,6 +41,8 @@ def test_instants_and_spans_are_dated_in_utc():
     assert format_span(1704067200000, 1704067200000 + 26 * 3600_000) == "2024-01-01 00:00 to 2024-01-02 02:00 UTC (1d2h)"
     assert format_span(1704067200000, None) == "since 2024-01-01 00:00 UTC (still going on)"
     assert format_span(1704067200000, 1704067200000) == "2024-01-01 00:00 UTC (one point)"
+    assert format_span(1704067200000, 1704067200000 + 60_000, ended=True) == "ended, 2024-01-01 00:00 to 00:01 UTC (1m)"
+    assert format_span(1704067200000, None, ended=True) == "since 2024-01-01 00:00 UTC (still going on)"
 
 
 def _episode(**overrides) -> StoredEpisode:
@@ -63,3 +65,13 @@ def test_large_values_in_alerts_are_readable():
     text = describe(_episode(unit="bytes", peak_value=5.5 * 2**30, yhat=2 * 2**30, yhat_lower=2**30,
                              yhat_upper=3 * 2**30))
     assert "5.5 GiB" in text and "[1 GiB, 3 GiB]" in text
+
+
+def test_alerts_and_annotations_do_not_repeat_numbers_the_reason_already_says():
+    reason = ("web-1: 87.3% is 4.3x the usual spread above the expected 31% for Tuesday 14:00 UTC "
+              "(band 22% to 41%; score 2.40, model iforest)")
+    episode = _episode(reason=reason)
+    for text in (describe(episode), annotation_text(episode)):
+        assert reason in text
+        assert text.count("87.3%") == 1 and text.count("2.40") == 1
+        assert "UTC (" in text  # when, in words: "... to ... UTC (10m)" or "since ... (still going on)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
-__all__ = ["format_value", "format_instant", "format_span"]
+__all__ = ["format_value", "format_instant", "format_span", "states_the_numbers"]
 
 #: SI prefixes for plain numbers: 12345 -> 12.3k, so an alert is read at a glance.
 _SI = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
@@ -57,8 +57,13 @@ def format_instant(instant_ms: int) -> str:
     return datetime.fromtimestamp(instant_ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def format_span(start_ms: int, end_ms: int | None) -> str:
-    """``"2024-01-01 13:15 to 13:45 UTC (30m)"``; an open span is ``"since ... (still going on)"``."""
+def format_span(start_ms: int, end_ms: int | None, *, ended: bool = False) -> str:
+    """``"2024-01-01 13:15 to 13:45 UTC (30m)"``; an open span is ``"since ... (still going on)"``.
+
+    ``ended=True`` says so on a closed span (``"ended, 2024-01-01 13:15 to 13:45 UTC (30m)"``).
+    """
+    if ended and end_ms is not None:
+        return "ended, " + format_span(start_ms, end_ms)
     start = datetime.fromtimestamp(start_ms / 1000.0, tz=timezone.utc)
     if end_ms is None:
         return f"since {start:%Y-%m-%d %H:%M} UTC (still going on)"
@@ -71,3 +76,10 @@ def format_span(start_ms: int, end_ms: int | None) -> str:
     days, hours = divmod(hours, 24)
     took = "".join(f"{n}{u}" for n, u in ((days, "d"), (hours, "h"), (minutes, "m")) if n) or "<1m"
     return f"{start:%Y-%m-%d %H:%M} to {end_text} UTC ({took})"
+
+
+def states_the_numbers(reason: str | None, peak_value: float | None, unit: str | None) -> bool:
+    """Whether a reason already says the peak value, the band and the score (``explain.py``'s do),
+    so that an alert or annotation does not repeat them."""
+    text = reason or ""
+    return format_value(peak_value, unit) in text and "band" in text and "score" in text
