@@ -122,6 +122,11 @@ class AlertmanagerSink:
             "description": describe(episode),
             "anomaly_score": f"{episode.peak_score:.2f}",
         }
+        if job is not None and "__name__" not in episode.labels:
+            # A rate() or an aggregation drops the metric name: without the query the alert
+            # would not say what was measured.
+            annotations["query"] = job.query
+            annotations["description"] += f" Query: {job.query}"
         if link:
             annotations["runbook_url"] = link
             annotations["dashboard_url"] = link
