@@ -2,21 +2,36 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two layers: what Vigil needs to run (`make demo`), and the test tools on top (`make test`).
+RUNTIME_STAMP := $(VENV)/.runtime-$(SUM)
+STAMP := $(VENV)/.installed-$(SUM)
 
-.PHONY: demo test test-docker bench deps os-deps clean
+.PHONY: demo test test-docker bench deps runtime-deps os-deps runtime-os-deps clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	rm -f $(VENV)/.runtime-*
+	touch $@
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+## Everything the tests need (Python test extra, Debian packages, npm schema tools).
 deps: $(STAMP) os-deps
+
+## Only what running Vigil needs (no test-only packages): used by `make demo`.
+runtime-deps: $(RUNTIME_STAMP) runtime-os-deps
 
 os-deps:
 	bash scripts/install-os-deps.sh
+
+runtime-os-deps:
+	bash scripts/install-os-deps.sh --runtime
 
 ## Run the whole test suite (installs the Python and Debian packages it needs).
 test: deps
@@ -27,7 +42,7 @@ test-docker: deps
 	$(PY) -m pytest -q -m docker $(PYTEST_ARGS)
 
 ## Run the demo: docker compose where a Docker engine runs, else local binaries.
-demo: deps
+demo: runtime-deps
 	bash scripts/demo.sh
 
 ## Benchmarks (tables on stdout).

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the local demo run for real (Prometheus, promtool,
 # Alertmanager, amtool, node_exporter) and the npm packages used to validate dashboards, when
-# they are missing. Idempotent; quiet when everything is there.
+# they are missing. Idempotent; quiet when everything is there. With --runtime (``make demo``),
+# only what the demo runs: the npm packages are for the tests alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+runtime_only=false
+[ "${1:-}" = "--runtime" ] && runtime_only=true
 
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
@@ -16,6 +19,7 @@ if ((${#need_apt[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+if $runtime_only; then exit 0; fi
 # --- npm packages for dashboard validation (tests/schema) ---
 # Grafana's own dashboard types (pinned in tests/schema/package-lock.json), turned into a JSON
 # Schema by tests/schema/generate.sh. Re-installed only when the lock file changes.

@@ -42,6 +42,7 @@ class GrafanaRecorder:
         self._fail: list[tuple[int, str | None]] = []
         self._hang: list[tuple[float, str | None]] = []
         self._lose = 0
+        self._hanging: list[str] = []  # methods of the requests being held right now
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,6 +110,11 @@ class GrafanaRecorder:
         with self._lock:
             return [dict(a) for a in self.annotations.values() if tag in a["tags"]]
 
+    def hanging(self, method: str | None = None) -> int:
+        """How many requests (of ``method``) are being held by :meth:`hang_next` right now."""
+        with self._lock:
+            return sum(1 for m in self._hanging if method is None or m == method)
+
     def creates(self) -> list[dict[str, Any]]:
         with self._lock:
             return [r for r in self.requests if r["method"] == "POST" and r["status"] == 200]
@@ -129,7 +135,11 @@ class GrafanaRecorder:
         record: dict[str, Any] = {"method": method, "path": url.path, "query": url.query,
                                   "authorization": request.headers.get("Authorization"), "body": None}
         if hang:
-            time.sleep(hang)
+            with self._lock:
+                self._hanging.append(method)
+            time.sleep(hang)  # the fault itself (a slow Grafana), not a wait for the test
+            with self._lock:
+                self._hanging.remove(method)
         if fail is not None:
             record["status"] = fail
             self._record(record)

@@ -237,3 +237,13 @@ def test_real_alertmanager_routes_by_severity_to_telegram_slack_email_and_webhoo
     finally:
         smtp.stop()
         http.httpd.shutdown()
+
+
+def test_an_alert_on_a_rate_says_what_was_measured():
+    job = JobSettings(name="api-errors", query='sum by (service) (rate(http_requests_total{code=~"5.."}[5m]))')
+    sink = AlertmanagerSink(AlertmanagerSettings(url="http://am:9093"), GRAFANA)
+    firing = sink.alert(episode(labels={"service": "api"}, series_key="service=api"), job, NOW_MS)
+    assert firing["annotations"]["query"] == job.query
+    assert firing["annotations"]["description"].endswith(f"Query: {job.query}")
+    named = sink.alert(episode(), JOB, NOW_MS)  # the series has its metric name: the label says it
+    assert "query" not in named["annotations"]

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from grafana_recorder import GrafanaRecorder
+from realstack import wait_for
 from vigil.annotations import GrafanaSink, annotation_tags, annotation_text
 from vigil.audit import AuditStore
 from vigil.config import GrafanaSettings, JobSettings, Secret
@@ -109,9 +110,9 @@ def test_grafana_finishing_very_late_leaves_one_annotation_once_the_episode_ends
     grafana.hang_next(1, 2.0, method="POST")
     outbox = Outbox(store, {"grafana": _sink(grafana, 0.2)}, base_backoff_s=0.05, max_backoff_s=0.6)
     assert outbox.drain(15)
-    import time
-    time.sleep(2.2)  # the hung create lands now
-    assert len(grafana.annotations) == 2
+    # The hung create lands a little later.
+    wait_for(lambda: len(grafana.annotations) == 2 and not grafana.hanging(), deadline_s=15,
+             what="the hung create to land")
     with store.transaction() as db:
         store.update_episode(db, episode_id, {"end_ms": NOW_MS, "last_ms": NOW_MS}, NOW_MS)
         store.enqueue(db, episode_id, "grafana", NOW_MS)

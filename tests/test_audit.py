@@ -134,3 +134,51 @@ def test_audit_command_lists_episodes_and_events(tmp_path):
     events = [json.loads(line) for line in run("--events", "--json").stdout.splitlines()]
     assert [e["kind"] for e in events] == ["episode_started"]
     assert run("--since", "soon").returncode == 2
+
+
+def _store_with_episodes(tmp_path, count: int, reason: str):
+    path = tmp_path / "audit.db"
+    config = tmp_path / "vigil.yml"
+    config.write_text(f"audit:\n  path: {path}\n")
+    store = AuditStore(path)
+    now = int(time.time() * 1000)
+    with store.transaction() as db:
+        for i in range(count):
+            store.insert_episode(db, _episode(series_key=f"instance=host-{i}", labels={"instance": f"host-{i}"},
+                                              start_ms=now - 600_000, last_ms=now, peak_ms=now, reason=reason), now)
+    store.close()
+    return config
+
+
+def test_audit_table_shows_the_whole_reason(tmp_path):
+    reason = ("errors at 6.2/s are far above the expected 1.2/s for a Wednesday 03:15 UTC "
+              "(band 0.8/s to 1.6/s; score 4.10, model iforest)")
+    config = _store_with_episodes(tmp_path, 1, reason)
+    done = subprocess.run([sys.executable, "-m", "vigil.cli", "audit", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert reason in done.stdout
+
+
+def test_audit_piped_into_head_exits_quietly(tmp_path):
+    config = _store_with_episodes(tmp_path, 1500, "CPU far above its usual level " * 3)
+    reader = subprocess.Popen([sys.executable, "-m", "vigil.cli", "audit", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline().startswith(b"ID")
+    reader.stdout.close()  # what `head -1` does after its line
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_audit_table_cuts_long_cells_visibly_except_with_wide(capsys):
+    from vigil.audit import _print
+
+    row = {"series": "instance=" + "x" * 80, "reason": "r" * 150}
+    _print([row], False, ("series", "reason"))
+    default = capsys.readouterr().out.splitlines()[1]
+    assert "x" * 80 not in default and "..." in default and "r" * 150 in default
+    _print([row], False, ("series", "reason"), wide=True)
+    wide = capsys.readouterr().out.splitlines()[1]
+    assert "x" * 80 in wide and "r" * 150 in wide

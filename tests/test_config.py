@@ -112,3 +112,36 @@ def test_check_config_command_exit_codes(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "vigil.cli", "check-config", str(bad)], capture_output=True, text=True)
     assert failed.returncode == 1
     assert "server.prot: must be a known key" in failed.stderr
+
+
+def test_environment_values_are_typed_by_their_field_not_guessed():
+    # A numeric-looking token is still a token; a numeric-looking URL part stays text.
+    s = load_settings(None, environ={"VIGIL_SERVER_TOKEN": "12345", "VIGIL_GRAFANA_TOKEN": "0.5",
+                                     "VIGIL_SERVER_PORT": " 9100 ", "VIGIL_PROMETHEUS_REQUEST_TIMEOUT": "30",
+                                     "VIGIL_DETECTION_MIN_TRAIN_POINTS": "48"})
+    assert s.server.token == "12345"
+    assert s.grafana.token == "0.5"
+    assert s.server.port == 9100
+    assert s.prometheus.request_timeout_s == 30.0
+    assert s.detection.min_train_points == 48
+
+
+def test_environment_value_of_the_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"environment: server.port: must be an integer; got 'eighty'"):
+        load_settings(None, environ={"VIGIL_SERVER_PORT": "eighty"})
+
+
+def test_check_config_finds_an_unbalanced_query(tmp_path):
+    path = write(tmp_path, """
+jobs:
+  - {name: api-errors, query: 'sum(rate(http_errors_total[5m])'}
+  - {name: api-latency, query: 'histogram_quantile(0.9, rate(x{job="api}[5m]))'}
+  - {name: fine, query: 'sum by (job) (rate(x{path=~"/a(b|c)"}[5m]))'}
+""")
+    problems = check_config(path)
+    assert problems == [
+        f"{path}: jobs[0].query: must be a balanced expression ('(' at character 4 is never closed); "
+        "got 'sum(rate(http_errors_total[5m])'",
+        f"{path}: jobs[1].query: must be a balanced expression (the string opened by \" at character 36 is never "
+        "closed); got 'histogram_quantile(0.9, rate(x{job=\"api}[5m]))'",
+    ]

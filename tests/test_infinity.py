@@ -66,3 +66,17 @@ def test_bad_input_gets_a_json_error_without_a_status_key(client, body, status, 
     error = response.get_json()
     assert needle in error["message"]
     assert set(error) == {"error", "message", "trace_id"}  # never a string "status" (Infinity shows it)
+
+
+def test_an_empty_answer_says_why_in_a_header(client, seeded_prometheus):
+    response = client.post("/api/v1/anomalies", data='{"query": "node_cpu_usge", "from": "now-1h", "to": "now"}')
+    assert response.status_code == 200 and response.get_json() == []
+    notice = response.headers["X-Vigil-Notice"]
+    assert "no series matched node_cpu_usge" in notice and "no metric named node_cpu_usge" in notice
+
+
+def test_errors_name_the_query_not_an_internal_ref_id(client, seeded_prometheus):
+    response = client.post("/api/v1/anomalies", data='{"query": "sum(rate(", "from": "now-1h"}')
+    message = response.get_json()["message"]
+    assert "query 'sum(rate('" in message
+    assert "refId" not in message and "infinity" not in message

@@ -138,11 +138,33 @@ def test_hidden_and_empty_targets_are_skipped(client, seeded_prometheus):
     assert response.status_code == 200 and response.get_json() == []
 
 
-def test_query_with_no_series_is_empty_200(client, seeded_prometheus):
+def test_query_with_no_series_is_200_without_data_and_says_why(client, seeded_prometheus):
     start_ms, end_ms = view(seeded_prometheus)
     body = simpod_query(start_ms, end_ms, [{"target": "no_such_metric_anywhere"}])
     response = client.post("/json/query", json=body)
-    assert response.status_code == 200 and response.get_json() == []
+    assert response.status_code == 200
+    frames = response.get_json()
+    assert [f["fields"] for f in frames] == [[]]  # no data, only the notice Grafana shows on the panel
+    (notice,) = frames[0]["meta"]["notices"]
+    assert "no series matched no_such_metric_anywhere" in notice["text"]
+    assert "Prometheus has no metric named no_such_metric_anywhere" in notice["text"]
+
+
+def test_a_known_metric_without_samples_in_the_range_says_no_history_yet(client, seeded_prometheus):
+    # A week before the seeded history began: the metric exists, but not then.
+    end_ms = seeded_prometheus.start_ms - 7 * 86400_000
+    body = simpod_query(end_ms - 3600_000, end_ms, [{"target": seeded_prometheus.metric}])
+    frames = client.post("/json/query", json=body).get_json()
+    (notice,) = frames[0]["meta"]["notices"]
+    assert f"{seeded_prometheus.metric} exists but has no samples in this range yet" in notice["text"]
+
+
+def test_relative_times_are_understood_like_on_the_infinity_endpoint(client, seeded_prometheus):
+    body = simpod_query(0, 0, [{"target": seeded_prometheus.metric}])
+    body["range"] = {"from": "now-2h", "to": "now"}
+    response = client.post("/json/query", json=body)
+    assert response.status_code == 200, response.get_json()
+    assert any(f["fields"] for f in response.get_json())
 
 
 def test_ad_hoc_filters_become_label_matchers(client, seeded_prometheus):
@@ -187,6 +209,9 @@ def test_node_exporter_preset_end_to_end(client, seeded_prometheus):
     response = client.post("/json/query", json=body)
     assert response.status_code == 200
     # node_exporter has only just been scraped: the series may have too little history to score,
-    # which is a 200 with a notice, never an error.
+    # or even no sample yet: either is a 200 with a notice saying so, never an error.
     for frame in response.get_json():
-        assert frame["fields"][0]["type"] == "time"
+        if frame["fields"]:
+            assert frame["fields"][0]["type"] == "time"
+        else:
+            assert "no series matched node_load1" in frame["meta"]["notices"][0]["text"]

@@ -1,6 +1,6 @@
 import pytest
 
-from vigil.promql import inject_matchers
+from vigil.promql import balance_problem, inject_matchers, metric_names
 
 M = [("job", "=", "api")]
 
@@ -33,3 +33,27 @@ def test_values_are_escaped_and_names_validated():
 
 def test_no_matchers_leaves_the_expression_alone():
     assert inject_matchers("rate(x[5m])", []) == "rate(x[5m])"
+
+
+@pytest.mark.parametrize("expr, names", [
+    ('1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5m]))', ["node_cpu_seconds_total"]),
+    ("node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes",
+     ["node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes"]),
+    ('sum(rate(x{a="y"}[5m] offset 1h)) / on (job) group_left y', ["x", "y"]),
+    ('{job="api"}', []),
+])
+def test_metric_names_are_the_selected_metrics(expr, names):
+    assert metric_names(expr) == names
+
+
+@pytest.mark.parametrize("expr, problem", [
+    ("rate(x[5m]", "'(' at character 5 is never closed"),
+    ("rate(x[5m]))", "')' at character 12 closes nothing"),
+    ("sum(rate(x[5m)])", "')' at character 14 does not match '[' at character 11"),
+    ('x{a="b}', 'the string opened by " at character 5 is never closed'),
+    ('x{path=~"/a(b"}', None),  # brackets inside strings do not count
+    ('x{a="\\""}', None),
+    ("sum by (job) (rate(x[5m]))", None),
+])
+def test_balance_problem_names_the_first_unbalanced_character(expr, problem):
+    assert balance_problem(expr) == problem

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import re
+import warnings
 import time
 
 import numpy as np
@@ -97,3 +99,90 @@ def test_twenty_thousand_rows_replay_in_a_few_seconds():
     started = time.perf_counter()
     replay(s.times_ms, s.values)
     assert time.perf_counter() - started < 15.0  # ~3 s alone; generous for a loaded CI machine
+
+
+def _write_with_bad_values(path, bad: dict[int, str]):
+    s = generate("cpu", days=3, step_s=300, seed=1, kind="spike", n_events=2)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", "value"])
+        for i, (t, v) in enumerate(zip(s.times_ms, s.values)):
+            writer.writerow([int(t), bad.get(i, f"{v:.4f}")])
+    return s
+
+
+def test_unreadable_values_are_counted_and_the_output_stays_well_formed(tmp_path, capsys):
+    src, out = tmp_path / "cpu.csv", tmp_path / "out.csv"
+    s = _write_with_bad_values(src, {5: "N/A", 6: "", 7: "12%", 8: "0,45"})
+    assert main(["detect", "--model", "seasonal", str(src), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"4 of {s.values.size} rows have no number and are left as gaps" in err
+    assert "line 7 'N/A'" in err and "line 8 (empty)" in err and "'12%'" in err
+    assert "'0,45' (a decimal comma? write 0.45)" in err
+    rows = list(csv.reader(open(out, newline="")))
+    assert {len(r) for r in rows} == {7}  # "0,45" is quoted, not split into an extra column
+    assert rows[9][1] == "0,45" and rows[6][1] == "N/A"
+
+
+def test_a_file_without_any_number_fails_with_a_clear_message(tmp_path, capsys):
+    src = tmp_path / "words.csv"
+    src.write_text("timestamp,value\n1704067200,N/A\n1704067260,\n1704067320,12%\n")
+    assert main(["detect", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "no row has a numeric value, so there is nothing to score (3 rows read)" in err
+
+
+def test_every_episode_in_the_summary_is_dated(tmp_path, capsys):
+    src = tmp_path / "cpu.csv"
+    _write_with_bad_values(src, {})
+    assert main(["detect", "--model", "seasonal", str(src), "--output", str(tmp_path / "out.csv")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  ")]
+    assert lines, "the planted spikes should give episodes"
+    for line in lines[:20]:
+        assert re.match(r"^  (since )?\d{4}-\d\d-\d\d \d\d:\d\d .*UTC \(.+\): ", line), line
+
+
+def test_library_warnings_stay_off_stderr(tmp_path, monkeypatch):
+    import vigil.replay as replay_module
+
+    real_fit = replay_module.fit_detector
+
+    def noisy_fit(*args, **kwargs):
+        warnings.warn("X does not have valid feature names", UserWarning)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(replay_module, "fit_detector", noisy_fit)
+    src = tmp_path / "cpu.csv"
+    _write_with_bad_values(src, {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["detect", "--model", "seasonal", str(src), "--output", str(tmp_path / "out.csv")]) == 0
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_plot_names_its_lines_shows_the_unit_and_no_band_below_zero(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vigil.replay import figure
+
+    src = tmp_path / "cpu.csv"
+    _write_with_bad_values(src, {})
+    series = read_csv(src)
+    result = replay(series.times_ms, series.values, model="seasonal")
+    fig = figure(series, result, title="cpu", unit="percentunit")
+    try:
+        top = fig.axes[0]
+        labels = [t.get_text() for t in top.get_legend().get_texts()]
+        assert {"value", "expected", "expected band", "anomaly", "end of initial training"} <= set(labels)
+        assert top.get_ylabel() == "value (percentunit)"
+        fig.canvas.draw()
+        assert any(t.get_text().endswith("%") for t in top.get_yticklabels())
+        band = next(c for c in top.collections if c.get_label() == "expected band")
+        assert min(v[1] for path in band.get_paths() for v in path.vertices) >= 0.0
+        expected = next(line for line in top.get_lines() if line.get_label() == "expected")
+        value = next(line for line in top.get_lines() if line.get_label() == "value")
+        assert expected.get_zorder() > value.get_zorder()
+    finally:
+        plt.close(fig)

@@ -1,6 +1,6 @@
 import pytest
 
-from vigil.units import format_duration, iso_from_ms, parse_duration_s, parse_instant_ms, query_step_s
+from vigil.units import format_duration, iso_from_ms, parse_duration_s, parse_instant_ms, parse_time_ms, query_step_s
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -48,3 +48,17 @@ def test_step_follows_grafana_and_is_clamped_to_prometheus_limit():
     assert 365 * 86400 / step <= 11_000
     # Never below one second.
     assert query_step_s(10, interval_ms=1, max_data_points=10_000) == 1
+
+
+def test_request_times_accept_grafanas_relative_form():
+    now_ms = 1_700_000_000_000
+    assert parse_time_ms("now", now_ms=now_ms) == now_ms
+    assert parse_time_ms("now-1h", now_ms=now_ms) == now_ms - 3_600_000
+    assert parse_time_ms("now - 30m", now_ms=now_ms) == now_ms - 1_800_000
+    assert parse_time_ms("now+5m", now_ms=now_ms) == now_ms + 300_000
+    assert parse_time_ms("2023-11-14T22:13:20Z") == now_ms
+    assert parse_time_ms(now_ms) == now_ms
+    with pytest.raises(ValueError, match="now-6h"):
+        parse_time_ms("now-soon", now_ms=now_ms)
+    with pytest.raises(ValueError, match="now-6h"):
+        parse_time_ms("yesterday")

@@ -194,3 +194,28 @@ def test_metrics_server_serves_metrics_health_and_audit(settings):
             assert bad.value.code == 400 and json.load(bad.value)["error"] == "bad_request"
         finally:
             server.stop()
+
+
+def test_a_job_matching_nothing_is_warned_about_once_until_it_matches_again(settings, caplog):
+    detection, clock = FakeDetection(), [T0]
+    with GrafanaRecorder("t") as grafana:
+        worker = make_worker(settings, grafana, detection, clock)
+        job = settings.jobs[0]
+        caplog.set_level("DEBUG", logger="vigil")
+
+        def runs_logged(level: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelname == level and "node-cpu" in r.getMessage()]
+
+        detection.next = []
+        for _ in range(3):
+            worker.run_job(job)
+            clock[0] += STEP_MS
+        assert len(runs_logged("WARNING")) == 1 and "no series matched node_cpu_usage (" in runs_logged("WARNING")[0]
+        assert not any("scored 0 series" in m for m in runs_logged("INFO"))
+        assert len(runs_logged("DEBUG")) == 2
+        detection.next = [scored("a", [], clock[0], score=0.2)]
+        worker.run_job(job)
+        assert any("matches series again" in m for m in runs_logged("INFO"))
+        detection.next = []
+        worker.run_job(job)
+        assert len(runs_logged("WARNING")) == 2  # a new stretch of nothing is worth saying again

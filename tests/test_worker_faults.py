@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,36 @@ def stack_factory(tmp_path, prometheus_factory, alertmanager_factory):
                               for e in stack.episodes()])
 
 
+def _count(stack: Stack, event: str) -> int:
+    return sum(1 for line in stack.log_lines() if line.get("event") == event)
+
+
+def _runs_done(stack: Stack) -> int | None:
+    """Runs the current worker process has finished (its ``vigil_job_duration_seconds_count``), or None."""
+    ports = [line["metrics_port"] for line in stack.log_lines() if line.get("event") == "worker_started"]
+    if not ports:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith('vigil_job_duration_seconds_count{vigil_job="fault-test"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def _wait_for_two_more_runs(stack: Stack) -> None:
+    """Until the worker has finished two more runs (of a 1 s job) from now: a full cycle, not a guessed pause.
+
+    Counted from the worker's metrics, not its log: a run that matches no series is logged at debug.
+    """
+    runs = wait_for(lambda: _runs_done(stack) is not None and (_runs_done(stack),), deadline_s=15,
+                    what="the worker's metrics")[0]
+    wait_for(lambda: (_runs_done(stack) or 0) >= runs + 2, deadline_s=30, what="two more worker runs")
+
+
 def _open_episode(stack: Stack, name: str) -> Any:
     found = [e for e in stack.episodes() if e.labels.get("series") == name and e.end_ms is None]
     return found[0] if found else None
@@ -273,8 +304,10 @@ def test_outages_of_grafana_alertmanager_and_prometheus_lose_and_duplicate_nothi
     stack.alertmanager.start()
     wait_for(lambda: all(stack.webhook.alerts(_open_episode(stack, n).id, "firing") for n in anomalous),
              deadline_s=20, what="alerts once Alertmanager is back")
+    failures_before = _count(stack, "job_failed")
     stack.prometheus.stop()
-    time.sleep(3)
+    wait_for(lambda: _count(stack, "job_failed") > failures_before, deadline_s=20,
+             what="a run to fail while Prometheus is down")
     runs_before = sum(1 for l in stack.log_lines() if l.get("event") == "job_run")
     stack.prometheus.start()
     wait_for(lambda: sum(1 for l in stack.log_lines() if l.get("event") == "job_run") > runs_before + 2,
@@ -286,7 +319,7 @@ def test_outages_of_grafana_alertmanager_and_prometheus_lose_and_duplicate_nothi
     for name in anomalous:
         stack.exporter.values[name] = None  # the series go away: their episodes end
     wait_for(lambda: _all_closed_and_delivered(stack, anomalous), deadline_s=40, what="episodes to end and resolve")
-    time.sleep(1.5)
+    _wait_for_two_more_runs(stack)  # that nothing more happens is only worth asserting after runs
     report = stack.assert_exactly_once(anomalous)
     events = stack.events()
     failed = {e["sink"] for e in events if e["kind"] == "delivery_failed"}
@@ -306,7 +339,8 @@ def test_sigkill_in_the_middle_of_a_delivery(stack_factory):
         stack.exporter.values[name] = ANOMALOUS
     wait_for(lambda: any(r["method"] == "GET" for r in stack.grafana.requests), deadline_s=15,
              what="the first delivery to begin")
-    time.sleep(0.4)  # the create is now in flight, hanging inside "Grafana"
+    wait_for(lambda: stack.grafana.hanging("POST") >= 1, deadline_s=15,
+             what="the create to be in flight, hanging inside Grafana")
     stack.kill_worker()
     killed_at = time.monotonic()
     wait_for(lambda: len(stack.grafana.annotations) >= 1, deadline_s=10, what="Grafana to finish the orphaned create")
@@ -314,13 +348,13 @@ def test_sigkill_in_the_middle_of_a_delivery(stack_factory):
     wait_for(lambda: all(_open_episode(stack, n) and _open_episode(stack, n).annotation_id for n in names),
              deadline_s=20, what="annotations after the restart")
     # A second kill, now while alerts are being re-sent and regions extended.
-    time.sleep(1.0)
+    _wait_for_two_more_runs(stack)
     stack.kill_worker()
     stack.start_worker()
     for name in names:
         stack.exporter.values[name] = None
     wait_for(lambda: _all_closed_and_delivered(stack, names), deadline_s=40, what="episodes to end and resolve")
-    time.sleep(1.5)
+    _wait_for_two_more_runs(stack)
     report = stack.assert_exactly_once(names)
     kinds = [e["kind"] for e in stack.events()]
     assert "annotation_recovered" in kinds  # the orphaned create was found by its tag, not repeated

@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 import requests
 
 from .audit import StoredEpisode
-from .annotations import format_value
 from .config import AlertmanagerSettings, GrafanaSettings, JobSettings
+from .display import format_span, format_value, states_the_numbers
 from .units import iso_from_ms
 
-__all__ = ["AlertmanagerSink", "ALERT_NAME", "alert_labels", "panel_url", "DeliveryError"]
+__all__ = ["AlertmanagerSink", "ALERT_NAME", "alert_labels", "panel_url", "describe", "DeliveryError"]
 
 ALERT_NAME = "VigilAnomaly"
 #: Labels we set; a series label of the same name is kept as ``series_<name>``.
@@ -85,13 +85,17 @@ def panel_url(grafana: GrafanaSettings, job: JobSettings | None, episode: Stored
 
 
 def describe(episode: StoredEpisode) -> str:
+    """The alert's text: the reason, the numbers only where the reason does not already say them, when."""
+    when = format_span(episode.start_ms, episode.end_ms, ended=True)
+    if states_the_numbers(episode.reason, episode.peak_value, episode.unit):
+        return (f"{episode.reason}. Series {episode.series_key or '(no labels)'}; {when}. Episode {episode.id}.")
     band = (f"expected {format_value(episode.yhat, episode.unit)} in [{format_value(episode.yhat_lower, episode.unit)}, "
             f"{format_value(episode.yhat_upper, episode.unit)}]")
-    ended = "still going on" if episode.end_ms is None else f"ended {iso_from_ms(episode.end_ms)}"
     return (f"{episode.reason or 'Values outside the expected band'}. Actual {format_value(episode.peak_value, episode.unit)} "
             f"at {iso_from_ms(episode.peak_ms)}, {band}; anomaly score {episode.peak_score:.2f} (1.0 is the threshold). "
-            f"Series {episode.series_key or '(no labels)'}; model {episode.model or 'n/a'}; started "
-            f"{iso_from_ms(episode.start_ms)}, {ended}. Episode {episode.id}.")
+            f"Series {episode.series_key or '(no labels)'}; model {episode.model or 'n/a'}; {when}. "
+            f"Episode {episode.id}.")
+
 
 
 class AlertmanagerSink:
@@ -118,6 +122,11 @@ class AlertmanagerSink:
             "description": describe(episode),
             "anomaly_score": f"{episode.peak_score:.2f}",
         }
+        if job is not None and "__name__" not in episode.labels:
+            # A rate() or an aggregation drops the metric name: without the query the alert
+            # would not say what was measured.
+            annotations["query"] = job.query
+            annotations["description"] += f" Query: {job.query}"
         if link:
             annotations["runbook_url"] = link
             annotations["dashboard_url"] = link

@@ -15,9 +15,10 @@ from typing import Any
 
 from .audit import StoredEpisode
 from .config import GrafanaSettings, JobSettings
+from .display import format_span, format_value, states_the_numbers
 from .units import iso_from_ms
 
-__all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag", "format_value"]
+__all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag"]
 
 #: Tag prefix that makes an annotation findable by episode.
 EPISODE_TAG = "vigil_episode"
@@ -25,14 +26,6 @@ EPISODE_TAG = "vigil_episode"
 
 def episode_tag(episode_id: str) -> str:
     return f"{EPISODE_TAG}:{episode_id}"
-
-
-def format_value(value: float | None, unit: str | None = None) -> str:
-    """``0.8734`` -> ``'0.8734'``; ``12345678`` with unit ``bytes`` -> ``'1.235e+07 bytes'``."""
-    if value is None:
-        return "n/a"
-    text = f"{value:.4g}"
-    return f"{text} {unit}" if unit else text
 
 
 def annotation_tags(episode: StoredEpisode, job: JobSettings | None = None) -> list[str]:
@@ -47,16 +40,19 @@ def annotation_tags(episode: StoredEpisode, job: JobSettings | None = None) -> l
 
 def annotation_text(episode: StoredEpisode) -> str:
     """What a person reads on hover: why, how bad, what was expected, by which model."""
-    state = "ongoing" if episode.end_ms is None else f"ended {iso_from_ms(episode.end_ms)}"
-    band = (f"expected {format_value(episode.yhat, episode.unit)} in "
-            f"[{format_value(episode.yhat_lower, episode.unit)}, {format_value(episode.yhat_upper, episode.unit)}]")
+    when = format_span(episode.start_ms, episode.end_ms, ended=True)
     lines = [
         f"Anomaly in {episode.job}: {episode.series_key or '(no labels)'}",
         episode.reason or "values outside the expected band",
-        (f"Peak anomaly score {episode.peak_score:.2f} at {iso_from_ms(episode.peak_ms)}: value "
-         f"{format_value(episode.peak_value, episode.unit)}, {band}."),
-        f"Model {episode.model or 'n/a'}; {state}; episode {episode.id}.",
     ]
+    if states_the_numbers(episode.reason, episode.peak_value, episode.unit):
+        lines.append(f"{when}; episode {episode.id}.")  # the reason said the numbers: not twice
+    else:
+        band = (f"expected {format_value(episode.yhat, episode.unit)} in "
+                f"[{format_value(episode.yhat_lower, episode.unit)}, {format_value(episode.yhat_upper, episode.unit)}]")
+        lines.append(f"Peak anomaly score {episode.peak_score:.2f} at {iso_from_ms(episode.peak_ms)}: value "
+                     f"{format_value(episode.peak_value, episode.unit)}, {band}.")
+        lines.append(f"Model {episode.model or 'n/a'}; {when}; episode {episode.id}.")
     return "\n".join(lines)
 
 

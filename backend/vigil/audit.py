@@ -347,7 +347,8 @@ class AuditStore:
     def episodes(self, *, since_ms: int | None = None, until_ms: int | None = None, job: str | None = None,
                  limit: int = 1000) -> list[StoredEpisode]:
         """Episodes overlapping ``[since_ms, until_ms]`` (open ones always overlap), newest first."""
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[int | str] = []
         if since_ms is not None:
             where.append("(end_ms IS NULL OR end_ms >= ?)")
             params.append(since_ms)
@@ -365,7 +366,8 @@ class AuditStore:
 
     def events(self, *, since_ms: int | None = None, episode_id: str | None = None,
                limit: int = 10000) -> list[dict[str, Any]]:
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[int | str] = []
         if since_ms is not None:
             where.append("ts_ms >= ?")
             params.append(since_ms)
@@ -440,19 +442,24 @@ def open_for_reading(path: str | Path) -> AuditStore | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the YAML configuration (audit.path names the store)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="the YAML configuration, audit.path names the store (default: $VIGIL_CONFIG; "
+                             "VIGIL_* variables override it, e.g. VIGIL_AUDIT_PATH)")
     parser.add_argument("--since", default="24h", help="how far back to list, a duration (default 24h)")
     parser.add_argument("--job", default=None, help="only this job")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--events", action="store_true", help="list every side effect (deliveries) instead of episodes")
     parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--wide", action="store_true",
+                        help="never shorten a column (by default the reason, last, is shown in full and other "
+                             f"columns are cut at {_CELL_MAX} characters)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_settings
+    from .config import ConfigError, config_path, load_settings
 
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(config_path(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -468,16 +475,21 @@ def run(args: argparse.Namespace) -> int:
     with store:
         if args.events:
             rows = store.events(since_ms=since_ms, limit=args.limit)
-            _print(rows, args.json, ("ts", "kind", "sink", "episode_id", "detail"))
+            _print(rows, args.json, ("ts", "kind", "sink", "episode_id", "detail"), wide=args.wide)
         else:
             episodes = store.episodes(since_ms=since_ms, job=args.job, limit=args.limit)
             rows = [e.as_record() for e in reversed(episodes)]
             _print(rows, args.json, ("id", "job", "series", "start", "end", "peak_score", "annotation_id",
-                                     "alert_state", "reason"))
+                                     "alert_state", "reason"), wide=args.wide)
     return 0
 
 
-def _print(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
+#: the widest a column other than the last may be in the table (``--wide`` lifts it)
+_CELL_MAX = 60
+
+
+def _print(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str], *, wide: bool = False) -> None:
+    """A table, one row per line; the last column (the reason, the detail) is never shortened."""
     rows = list(rows)
     if as_json:
         for row in rows:
@@ -492,9 +504,14 @@ def _print(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str]
         if isinstance(v, dict):
             return json.dumps(v, sort_keys=True)
         return str(v)
-    table = [[cell(r, c) for c in columns] for r in rows]
-    widths = [min(60, max([len(c)] + [len(t[i]) for t in table])) for i, c in enumerate(columns)]
+    def cut(text: str, last: bool) -> str:
+        if wide or last or len(text) <= _CELL_MAX:
+            return text
+        return text[:_CELL_MAX - 3] + "..."
+
+    table = [[cut(cell(r, c), i == len(columns) - 1) for i, c in enumerate(columns)] for r in rows]
+    widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for t in table:
-        print("  ".join(v[:60].ljust(w) for v, w in zip(t, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
     print(f"({len(rows)} {'events' if 'kind' in columns else 'episodes'})")

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from types import ModuleType
+from typing import Sequence
+
+from . import __version__
 
 __all__ = ["main", "COMMANDS"]
 
@@ -25,10 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (the arguments after the program name): only the named command is imported."""
     parser = argparse.ArgumentParser(prog="vigil", description="Anomaly detection for Prometheus and Loki, for Grafana.")
+    parser.add_argument("--version", action="version", version=f"vigil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    argv = sys.argv[1:]
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         # Import only the command being run (and all of them for --help).
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module_name: str):
+def _load(module_name: str) -> ModuleType | None:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -49,15 +55,31 @@ def _load(module_name: str):
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to ``sys.argv[1:]`` (read, never rewritten)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:
         parser.error(f"'{args.command}' is not available in this installation")
-    return int(run(args) or 0)
+    try:
+        status = int(run(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`vigil audit | head`): what it wanted was printed. Exit quietly, and
+        # point stdout at /dev/null so that the interpreter's final flush does not complain.
+        _silence_stdout()
+        return 0
+    return status
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's captured stdout)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

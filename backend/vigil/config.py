@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .promql import balance_problem
 from .units import format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "JobSettings",
     "ExcludeWindow",
     "load_settings",
+    "config_path",
     "check_config",
     "SENSITIVITIES",
     "MODELS",
@@ -297,6 +299,10 @@ class _Loader:
                 return None
             self.problem(where, "set", None)
             return _INVALID
+        if isinstance(value, _EnvText):
+            value = self.from_env(base, value, where)
+            if value is _INVALID:
+                return _INVALID
         if f.name.endswith("_s"):
             try:
                 return parse_duration_s(value)
@@ -358,9 +364,39 @@ class _Loader:
                 return _INVALID
             items = [self.section(item_type, item, f"{where}[{i}]") for i, item in enumerate(value)]
             return tuple(i for i in items if i is not None)
-        if dataclasses.is_dataclass(base):
+        if dataclasses.is_dataclass(base) and isinstance(base, type):
             return self.section(base, value, where)
         raise AssertionError(f"unhandled config type {hint!r}")  # pragma: no cover
+
+
+    def from_env(self, base: Any, text: "_EnvText", where: str) -> Any:
+        """An environment value is always text: read it as the field's declared type, never guess."""
+        raw = str(text).strip()
+        if base is bool:
+            lowered = raw.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            self.problem(where, "true or false", str(text))
+            return _INVALID
+        if base is int:
+            try:
+                return int(raw)
+            except ValueError:
+                self.problem(where, "an integer", str(text))
+                return _INVALID
+        if base is float:
+            try:
+                return float(raw)
+            except ValueError:
+                self.problem(where, "a number", str(text))
+                return _INVALID
+        return str(text)  # strings, secrets, durations and instants parse text themselves
+
+
+class _EnvText(str):
+    """A value read from the environment: text whatever it looks like, typed by its field."""
 
 
 _INVALID = object()
@@ -403,17 +439,13 @@ def _env_overrides(environ: Mapping[str, str], loader: _Loader) -> dict[str, dic
 
 
 def _coerce_env(value: str) -> Any:
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    return _EnvText(value)
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The configuration file a command reads: ``--config`` if given, else ``$VIGIL_CONFIG``, else None."""
+    environ = os.environ if environ is None else environ
+    return explicit or environ.get("VIGIL_CONFIG") or None
 
 
 def load_settings(
@@ -502,6 +534,8 @@ def _validate(s: Settings, loader: _Loader) -> None:
         seen.add(job.name)
         if not job.query.strip():
             loader.problem(f"{where}.query", "a PromQL/LogQL expression or preset name", job.query)
+        elif (unbalanced := balance_problem(job.query)) is not None:
+            loader.problem(f"{where}.query", f"a balanced expression ({unbalanced})", job.query)
         if job.every_s < 1:
             loader.problem(f"{where}.every", "at least 1s", format_duration(job.every_s))
         if job.source not in ("prometheus", "loki"):

@@ -290,9 +290,9 @@ def _merge_same_labels(series: list[tuple[dict[str, str], np.ndarray, np.ndarray
         entry[1].append(times_ms)
         entry[2].append(values)
     out = []
-    for labels, times, values in merged.values():
-        t = np.concatenate(times)
-        v = np.concatenate(values)
+    for labels, times_parts, values_parts in merged.values():
+        t = np.concatenate(times_parts)
+        v = np.concatenate(values_parts)
         t, first = np.unique(t, return_index=True)
         out.append((labels, t, v[first]))
     return out

@@ -32,7 +32,9 @@ MIN_LEARNED_POINTS = 288
 
 class Detector(Protocol):
     name: str
-    band_z_: float
+
+    @property
+    def band_z_(self) -> float: ...  # read-only: the learned detectors lend their baseline's
 
     def fit(self, times_ms: np.ndarray, values: np.ndarray) -> "Detector": ...
     def score(self, times_ms: np.ndarray, values: np.ndarray) -> Scores: ...

@@ -92,7 +92,7 @@ class Hysteresis:
             else:
                 self.quiet += 1
                 if self.quiet >= need:
-                    self.closed.append((self.open_start, int(self.last_hot)))
+                    self.closed.append((self.open_start, int(self.last_hot)))  # type: ignore[arg-type]  # set while open
                     self.open_start = self.last_hot = None
                     self.quiet = 0
                 elif self.hold_flags:

@@ -10,28 +10,10 @@ from __future__ import annotations
 
 import math
 
+from .display import format_value  # re-exported: the one value formatter
 from .episodes import Episode
 
 __all__ = ["explain", "format_value"]
-
-
-def format_value(value: float, unit: str | None = None) -> str:
-    if value != value:
-        return "no data"
-    if math.isinf(value):
-        return "infinite"
-    if unit == "percentunit":
-        return f"{value * 100:.3g}%"
-    if unit == "bytes":
-        size = abs(value)
-        for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if size >= scale:
-                return f"{value / scale:.3g} {suffix}"
-        return f"{value:.0f} B"
-    if unit == "s":
-        return f"{value * 1000:.3g} ms" if abs(value) < 1 else f"{value:.3g} s"
-    suffix = {"reqps": " req/s"}.get(unit or "", "")
-    return f"{value:.3g}{suffix}"
 
 
 def explain(episode: Episode, detector, *, unit: str | None = None, series: str | None = None) -> str:

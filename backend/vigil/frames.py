@@ -123,6 +123,7 @@ def _contributions_frame(g: "ScoredGroup", ref_id: str) -> dict[str, Any]:
 def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = FIELDS) -> list[dict[str, Any]]:
     """One DataFrame per series (and per group, its contributions); notices ride on the first frame."""
     wanted = set(fields)
+    frames: list[dict[str, Any]]
     if result.groups:
         frames = []
         for g in result.groups:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from .config import ConfigError, JobSettings, Settings, load_settings
+from .config import ConfigError, JobSettings, Settings, config_path, load_settings
 from .presets import resolve
 
 __all__ = ["API_PREFIX", "MlJobSpec", "SyncResult", "desired_jobs", "sync_jobs", "add_arguments", "run"]
@@ -201,7 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Create or update Grafana Machine Learning forecast jobs (grafana-ml-app, Grafana Cloud only) "
         "for the jobs[] of a Vigil configuration. Safe to re-run: unchanged jobs are left alone.")
-    parser.add_argument("--config", required=True, help="the Vigil configuration file whose jobs[] to sync")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="the Vigil configuration file whose jobs[] to sync (default: $VIGIL_CONFIG)")
     parser.add_argument("--grafana-url", help="Grafana base URL, e.g. https://example.grafana.net "
                                               "(default: grafana.url from the configuration)")
     parser.add_argument("--token-file", help="file holding a service-account token allowed to manage ML jobs "
@@ -217,8 +218,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    if path is None:
+        print("ml-sync: --config or $VIGIL_CONFIG: must name the configuration whose jobs to sync; got neither",
+              file=sys.stderr)
+        return 2
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -23,6 +23,8 @@ and keeps ``previous``'s estimator and calibration while they are younger than
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.svm import OneClassSVM
@@ -37,6 +39,12 @@ class LearnedDetector:
     """A scikit-learn novelty detector on seasonal features; subclasses choose the estimator."""
 
     name = "learned"
+    # Learned state, set by ``fit`` (declared for the type checker only).
+    baseline_: SeasonalBaseline
+    estimator_: Any
+    estimator_fit_ms_: int
+    center_: float
+    threshold_: float
 
     def __init__(self, *, sensitivity: str = "medium", step_s: float = 60.0, random_state: int = 0,
                  estimator_max_age_s: float = 86400.0, min_deviation: float = 0.0,

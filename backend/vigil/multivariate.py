@@ -29,7 +29,7 @@ from sklearn.ensemble import IsolationForest
 from .baseline import Scores, SeasonalBaseline
 from .calibration import false_alarm_rate, pot_threshold
 from .episodes import Episode, find_episodes, quiet_points_for
-from .explain import format_value
+from .display import format_value
 from .learned import _trailing_mean, _VectorisedForest
 
 __all__ = ["GroupScores", "GroupDetector", "fit_group", "group_episodes"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import LABEL_NAME, MODELS, SENSITIVITIES, ExcludeWindow, Settings
 from .detectors import CONTEXT_S, Detector, Scores, fit_detector, is_learned
+from .emptiness import why_empty
 from .episodes import Episode, find_episodes, quiet_points_for
 from .errors import BadRequest, VigilError
 from .explain import explain
@@ -145,6 +146,12 @@ class Detection:
     def run(self, query: Query, *, deadline_s: float | None = None) -> DetectionResult:
         fetched = self.fetch_view(query, deadline_s=deadline_s)
         if not fetched.series:
+            # An empty answer says why (unknown metric, or no history yet): a notice, not an error.
+            # (Not for a shard's filtered view: there, another shard may have the series.)
+            if query.series_filter is None:
+                fetched.notices.append(why_empty(
+                    fetched.expr, query.start_ms, query.end_ms, shown_as=query.expr.strip(),
+                    client=fetched.client if fetched.source == "prometheus" else None))
             return DetectionResult([], fetched.notices, fetched.expr, fetched.step_s)
         if query.group_by:
             from .grouping import score_groups  # grouping builds on this module
@@ -167,7 +174,7 @@ class Detection:
             return max(1.0, budget_s - (_clock.monotonic() - started))
 
         expr, preset = resolve(query.expr)
-        where = f"refId {query.ref_id} (query {query.expr!r})"
+        where = f"refId {query.ref_id} (query {query.expr!r})" if query.ref_id else f"query {query.expr!r}"
         source = preset.source if preset else query.source
         unit = preset.unit if preset else None
         legend = query.legend or (preset.legend if preset else None)
@@ -320,7 +327,7 @@ class Detection:
             times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
             t0 = _clock.monotonic()
             if np.isfinite(values).sum() >= self.settings.detection.min_train_points:
-                over_budget = (panel and is_learned(query.model)
+                over_budget = (query.fit_budget_s is not None and is_learned(query.model)
                                and _clock.monotonic() - fit_started > query.fit_budget_s)
                 if over_budget:
                     # Answer now with the baseline; the learned model is cached for the next refresh.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-__all__ = ["Matcher", "inject_matchers", "format_matcher"]
+__all__ = ["Matcher", "inject_matchers", "format_matcher", "metric_names", "balance_problem"]
 
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -100,6 +100,95 @@ def inject_matchers(expr: str, matchers: Iterable[Matcher]) -> str:
             continue
         out.append(c); i += 1
     return "".join(out)
+
+
+def metric_names(expr: str) -> list[str]:
+    """The metric names an expression selects, in order: ``rate(x[5m]) / y`` -> ``["x", "y"]``.
+
+    Used to say why an answer is empty (is the metric unknown, or has it no samples yet?).
+    Selectors without a name (``{job="x"}``) are not listed.
+    """
+    names: list[str] = []
+    i, n = 0, len(expr)
+    pending_label_list = False
+    while i < n:
+        c = expr[i]
+        if c in "\"'`":
+            i = _skip_string(expr, i)
+        elif c == "#":
+            j = expr.find("\n", i)
+            i = n if j < 0 else j
+        elif c == "[":
+            j = expr.find("]", i)
+            i = n if j < 0 else j + 1
+        elif c == "(" and pending_label_list:
+            j = expr.find(")", i)
+            i = n if j < 0 else j + 1
+            pending_label_list = False
+        elif c == "{":
+            i = _skip_braces(expr, i)
+        elif c.isdigit() or c == ".":
+            while i < n and (expr[i].isalnum() or expr[i] in "._"):
+                i += 1
+        else:
+            m = _IDENT.match(expr, i)
+            if not (m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_."))):
+                i += 1
+                continue
+            word, i = m.group(0), m.end()
+            k = i
+            while k < n and expr[k] in " \t\n":
+                k += 1
+            lowered = word.lower()
+            if lowered in _LABEL_LIST_KEYWORDS:
+                pending_label_list = True
+            elif lowered not in _KEYWORDS and not (k < n and expr[k] == "(") and word not in names:
+                names.append(word)
+    return names
+
+
+_CLOSING = {"(": ")", "[": "]", "{": "}"}
+
+
+def balance_problem(expr: str) -> str | None:
+    """What is unbalanced in an expression (parentheses, brackets, braces, quotes), or None.
+
+    ``"rate(x[5m]"`` -> ``"'(' at character 5 is never closed"``. Not a parser: Prometheus
+    still judges the rest, but this catches the typo ``check-config`` can see offline.
+    """
+    stack: list[tuple[str, int]] = []
+    i, n = 0, len(expr)
+    while i < n:
+        c = expr[i]
+        if c in "\"'`":
+            j, closed = i + 1, False
+            while j < n and not closed:
+                if expr[j] == "\\" and c != "`":
+                    j += 2
+                    continue
+                closed = expr[j] == c
+                j += 1
+            if not closed:
+                return f"the string opened by {c} at character {i + 1} is never closed"
+            i = j
+            continue
+        if c == "#":
+            j = expr.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c in _CLOSING:
+            stack.append((c, i))
+        elif c in ")]}":
+            if not stack:
+                return f"{c!r} at character {i + 1} closes nothing"
+            opened, at = stack.pop()
+            if _CLOSING[opened] != c:
+                return f"{c!r} at character {i + 1} does not match {opened!r} at character {at + 1}"
+        i += 1
+    if stack:
+        opened, at = stack[-1]
+        return f"{opened!r} at character {at + 1} is never closed"
+    return None
 
 
 def _merge(braces: str, extra: str) -> str:

@@ -22,19 +22,21 @@ import csv
 import math
 import sys
 import time as _clock
+import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple, TextIO
+from typing import Any, Callable, NamedTuple, TextIO
 
 import numpy as np
 
 from .baseline import Scores
 from .config import MODELS, SENSITIVITIES
 from .detectors import DEFAULT_MIN_DEVIATION, Detector, fit_detector, is_learned
+from .display import format_span, format_value
 from .episodes import Episode, Hysteresis, find_episodes, quiet_points_for
 from .explain import explain
 from .units import MinDeviation, format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
-__all__ = ["ReplayResult", "replay", "read_csv", "add_arguments", "run"]
+__all__ = ["ReplayResult", "CsvSeries", "replay", "read_csv", "write_csv", "plot", "figure", "add_arguments", "run"]
 
 #: Prometheus' default lookback: a grid instant takes the last sample at most this old.
 _LOOKBACK_MS = 300_000
@@ -136,8 +138,8 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
         flags = state.update(score[a:b])
         is_anomaly[a:b] = flags
         # Carry each episode's start forward, so training knows how old a flagged row's incident is.
-        for j in np.flatnonzero(flags):
-            j = a + int(j)
+        for offset in np.flatnonzero(flags):
+            j = a + int(offset)
             episode_start_ms[j] = episode_start_ms[j - 1] if j > 0 and is_anomaly[j - 1] else t[j]
 
     # The initial training part: fitted once, scored in-sample.
@@ -181,10 +183,16 @@ class CsvSeries(NamedTuple):
     values_text: list[str]
     times_ms: np.ndarray
     values: np.ndarray
+    #: (line number, text) of every row whose value is not a finite number: a gap in the series
+    unusable: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def usable_rows(self) -> int:
+        return len(self.timestamps) - len(self.unusable)
 
 
 def read_csv(path: str | Path) -> CsvSeries:
-    """``timestamp,value`` rows (other columns ignored); an empty or non-numeric value is a gap."""
+    """``timestamp,value`` rows (other columns ignored); a value that is not a number is a gap, listed in ``unusable``."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -198,7 +206,9 @@ def read_csv(path: str | Path) -> CsvSeries:
         texts: list[str] = []
         times: list[int] = []
         vals: list[float] = []
-        for line_no, row in enumerate(reader, start=2):
+        unusable: list[tuple[int, str]] = []
+        for row in reader:
+            line_no = reader.line_num
             if not row or all(not cell.strip() for cell in row):
                 continue
             try:
@@ -209,54 +219,90 @@ def read_csv(path: str | Path) -> CsvSeries:
                                  f"got {row[it] if it < len(row) else ''!r}") from None
             text = row[iv].strip() if iv < len(row) else ""
             try:
-                vals.append(float(text) if text else math.nan)
+                number = float(text)
             except ValueError:
-                vals.append(math.nan)
+                number = math.nan
+            if not math.isfinite(number):
+                number = math.nan
+                unusable.append((line_no, text))
+            vals.append(number)
             stamps.append(stamp)
             texts.append(text)
-    return CsvSeries(stamps, texts, np.asarray(times, dtype=np.int64), np.asarray(vals, dtype=np.float64))
+    return CsvSeries(stamps, texts, np.asarray(times, dtype=np.int64), np.asarray(vals, dtype=np.float64),
+                     tuple(unusable))
+
+
+def describe_unusable(series: CsvSeries, shown: int = 5) -> str:
+    """``"3 of 864 rows have no number, left as gaps: line 7 'N/A', line 8 '' (empty), line 10 '0,45' ..."``."""
+    def one(line_no: int, text: str) -> str:
+        if not text:
+            return f"line {line_no} (empty)"
+        hint = " (a decimal comma? write 0.45)" if "," in text and text.replace(",", "", 1).strip().isdigit() else ""
+        return f"line {line_no} {text!r}{hint}"
+
+    listed = ", ".join(one(n, t) for n, t in series.unusable[:shown])
+    more = f" and {len(series.unusable) - shown} more" if len(series.unusable) > shown else ""
+    return (f"{len(series.unusable)} of {len(series.timestamps)} rows have no number and are left as gaps: "
+            f"{listed}{more}")
 
 
 def write_csv(handle: TextIO, series: CsvSeries, result: ReplayResult) -> None:
+    """The input rows, each value as written, with the score columns: always well-formed CSV."""
     s = result.scores
-    handle.write(",".join(_COLUMNS) + "\n")
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(_COLUMNS)
     fmt = _number
-    lines = [
-        f"{_quote(stamp)},{text},{fmt(a)},{int(f)},{fmt(y)},{fmt(lo)},{fmt(hi)}\n"
+    writer.writerows(
+        (stamp, text, fmt(a), int(f), fmt(y), fmt(lo), fmt(hi))
         for stamp, text, a, f, y, lo, hi in zip(series.timestamps, series.values_text, s.anomaly_score.tolist(),
                                                   result.is_anomaly.tolist(), s.yhat.tolist(),
                                                   s.yhat_lower.tolist(), s.yhat_upper.tolist())
-    ]
-    handle.writelines(lines)
+    )
 
 
 def _number(v: float) -> str:
     return "" if v != v else f"{v:.6g}"
 
 
-def _quote(text: str) -> str:
-    return f'"{text}"' if "," in text or '"' in text else text
-
-
-def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: str) -> None:
+def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: str, unit: str | None = None) -> None:
     """The series, its expected band and the anomalies, as a PNG (matplotlib, imported here only)."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(series, result, title=title, unit=unit)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(series: CsvSeries, result: ReplayResult, *, title: str, unit: str | None = None) -> Any:
+    """The ``--plot`` figure: value over its expected line and band, the anomalies, the score below."""
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     order = np.argsort(series.times_ms, kind="stable")
     when = (series.times_ms[order] / 86_400_000.0).astype(np.float64)  # days since the epoch
     s = result.scores
+    values = series.values[order]
+    lower, upper = s.yhat_lower[order], s.yhat_upper[order]
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0:
+        # A series that never goes below zero (a ratio, a size, a rate) cannot be expected below it.
+        lower = np.maximum(lower, 0.0)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.fill_between(when, s.yhat_lower[order], s.yhat_upper[order], color="tab:blue", alpha=0.15, lw=0,
-                     label="expected band")
-    top.plot(when, s.yhat[order], color="tab:blue", lw=0.8, alpha=0.7, label="expected")
-    top.plot(when, series.values[order], color="black", lw=0.7, label="value")
+    top.fill_between(when, lower, upper, color="tab:blue", alpha=0.15, lw=0, label="expected band")
+    top.plot(when, values, color="black", lw=0.7, zorder=2, label="value")
+    # Drawn over the value, dashed, so it stays visible where the two coincide.
+    top.plot(when, s.yhat[order], color="tab:blue", lw=1.0, ls="--", zorder=3, label="expected")
     flagged = result.is_anomaly[order].astype(bool)
-    top.scatter(when[flagged], series.values[order][flagged], s=8, color="tab:red", zorder=3, label="anomaly")
-    top.axvline(when[min(result.train_rows, when.size) - 1], color="grey", ls="--", lw=0.8)
+    top.scatter(when[flagged], values[flagged], s=8, color="tab:red", zorder=4, label="anomaly")
+    if when.size:
+        top.axvline(when[min(result.train_rows, when.size) - 1], color="grey", ls="--", lw=0.8,
+                    label="end of initial training")
     top.set_title(title)
+    top.set_ylabel(f"value ({unit})" if unit else "value")
+    top.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: format_value(y, unit)))
     top.legend(loc="upper left", fontsize=8)
     bottom.plot(when, s.anomaly_score[order], color="tab:red", lw=0.7)
     bottom.axhline(1.0, color="grey", ls=":", lw=0.8)
@@ -265,8 +311,7 @@ def plot(path: str | Path, series: CsvSeries, result: ReplayResult, *, title: st
     bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -322,12 +367,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"vigil detect: {path}: {exc}", file=sys.stderr)
             status = 2
             continue
+        if series.unusable:
+            print(f"vigil detect: {path.name}: {describe_unusable(series)}", file=sys.stderr)
+        if series.usable_rows == 0:
+            print(f"vigil detect: {path}: no row has a numeric value, so there is nothing to score "
+                  f"({len(series.timestamps)} rows read)", file=sys.stderr)
+            status = 2
+            continue
         bar = _Progress(label) if tty else None
-        result = replay(series.times_ms, series.values, model=args.model, sensitivity=args.sensitivity,
-                        train_rows=args.train_rows, train_fraction=args.train_fraction,
-                        refit_every_s=refit_every_s, train_window_s=train_window_s, unit=args.unit,
-                        min_deviation=min_deviation,
-                        progress=bar.update if bar else None)
+        # The library's warnings (feature names, convergence, empty slices) are about its internals,
+        # not the user's data, and would bury the summary: keep them off stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = replay(series.times_ms, series.values, model=args.model, sensitivity=args.sensitivity,
+                            train_rows=args.train_rows, train_fraction=args.train_fraction,
+                            refit_every_s=refit_every_s, train_window_s=train_window_s, unit=args.unit,
+                            min_deviation=min_deviation, progress=bar.update if bar else None)
         if bar:
             bar.done()
         if args.output_dir:
@@ -342,13 +397,13 @@ def run(args: argparse.Namespace) -> int:
             target = Path(args.plot)
             if len(files) > 1:
                 target = target.with_name(f"{target.stem}-{path.stem}{target.suffix or '.png'}")
-            plot(target, series, result, title=f"{path.name}: {', '.join(result.models) or 'no model'}")
+            plot(target, series, result, title=f"{path.name}: {', '.join(result.models) or 'no model'}", unit=args.unit)
         took = _clock.monotonic() - started
-        print(f"vigil detect: {path.name}: {len(series.timestamps)} rows, {len(result.episodes)} episodes, "
+        print(f"vigil detect: {path.name}: {len(series.timestamps)} rows ({series.usable_rows} with a number), {len(result.episodes)} episodes, "
               f"model {', '.join(result.models) or 'none (too little data)'}, {result.n_fits} fits, "
               f"refit every {format_duration(refit_every_s)}, {took:.1f} s", file=sys.stderr)
         for e in result.episodes[:20]:
-            print(f"  {e.reason}", file=sys.stderr)
+            print(f"  {format_span(e.start_ms, e.end_ms)}: {e.reason}", file=sys.stderr)
         if len(result.episodes) > 20:
             print(f"  ... and {len(result.episodes) - 20} more", file=sys.stderr)
     return status

@@ -14,14 +14,14 @@ import sys
 import tempfile
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, config_path, load_settings
 from .logs import configure_logging, gunicorn_logconfig
 
 __all__ = ["add_arguments", "run", "gunicorn_options"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("VIGIL_CONFIG"),
+    parser.add_argument("--config", metavar="FILE", default=None,
                         help="YAML configuration (default: $VIGIL_CONFIG; VIGIL_* variables override it)")
     parser.add_argument("--prometheus-url", metavar="URL", help="Prometheus base URL (prometheus.url)")
     parser.add_argument("--host", help="address to listen on (server.host, default 0.0.0.0)")
@@ -38,7 +38,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     server = {k: getattr(args, k) for k in ("host", "port", "workers", "threads") if getattr(args, k) is not None}
     if server:
         overrides["server"] = server
-    return load_settings(args.config, overrides=overrides)
+    return load_settings(config_path(args.config), overrides=overrides)
 
 
 def gunicorn_options(settings: Settings, log_level: str = "info") -> dict[str, Any]:

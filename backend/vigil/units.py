@@ -19,6 +19,7 @@ __all__ = [
     "parse_duration_s",
     "format_duration",
     "parse_instant_ms",
+    "parse_time_ms",
     "ms_to_s",
     "s_to_ms",
     "query_step_s",
@@ -166,3 +167,28 @@ def parse_min_deviation(text: str | int | float) -> MinDeviation:
         raise ValueError(f"a non-negative number and/or percentage; got {text!r}")
     return MinDeviation(absolute, relative)
 
+
+_RELATIVE = re.compile(r"^now\s*([-+])\s*(.+)$")
+
+
+def parse_time_ms(value: str | int | float, *, now_ms: int | None = None) -> int:
+    """A request's time: what :func:`parse_instant_ms` reads, and ``now-6h``/``now+5m`` (Grafana's form).
+
+    The request endpoints (``/json/query``, ``/api/v1/anomalies``) share this, so a time one
+    accepts the other accepts too. Raises ValueError naming the value.
+    """
+    if isinstance(value, str):
+        match = _RELATIVE.match(value.strip())
+        if match:
+            base_ms = now_ms if now_ms is not None else s_to_ms(datetime.now(timezone.utc).timestamp())
+            try:
+                offset_ms = s_to_ms(parse_duration_s(match.group(2)))
+            except ValueError:
+                raise ValueError(f"a time such as now-6h (a duration after now-); got {value!r}") from None
+            return base_ms - offset_ms if match.group(1) == "-" else base_ms + offset_ms
+        if value.strip() == "now" and now_ms is not None:
+            return now_ms
+    try:
+        return parse_instant_ms(value)
+    except ValueError:
+        raise ValueError(f"a time (epoch ms or s, ISO-8601, now or now-6h); got {value!r}") from None

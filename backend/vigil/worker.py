@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .audit import AuditStore
-from .config import ConfigError, JobSettings, Settings, load_settings
+from .config import ConfigError, JobSettings, Settings, config_path, load_settings
 from .outbox import Outbox
 from .series import series_key
 from .tracker import Change, ObservedSeries, track
@@ -108,6 +108,8 @@ class Worker:
                              resend_every_s=settings.alertmanager.resend_every_s, metrics=self.metrics,
                              clock_ms=clock_ms)
         self._states: dict[str, _JobState] = {}
+        #: jobs whose last run matched no series: warned about once, then quiet until that changes
+        self._matched_nothing: set[str] = set()
         self._stop = threading.Event()
 
     # -- one run of one job ---------------------------------------------------------------------
@@ -165,13 +167,39 @@ class Worker:
         state = self._states.get(job.name)
         if state is not None:
             state.last_success_ms, state.last_error = now_ms, None
-        outcome = JobOutcome(job.name, True, len(observed), duration_s=duration_s, **applied)
-        log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name, len(observed),
-                 duration_s, outcome.started, outcome.extended, outcome.ended,
-                 extra={"event": "job_run", "vigil_job": job.name, "series": len(observed),
-                        "duration_s": round(duration_s, 3), "started": outcome.started,
-                        "extended": outcome.extended, "ended": outcome.ended, "notices": result.notices})
+        outcome = JobOutcome(job.name, True, len(observed), started=applied["started"], extended=applied["extended"],
+                             ended=applied["ended"], duration_s=duration_s)
+        extra = {"event": "job_run", "vigil_job": job.name, "series": len(observed), "duration_s": round(duration_s, 3),
+                 "started": outcome.started, "extended": outcome.extended, "ended": outcome.ended,
+                 "notices": result.notices}
+        if not observed and job.name not in self._matched_nothing:
+            # Said once at warning (a typo, or a metric not scraped yet), then at debug until it changes:
+            # a log line every minute that says the same thing would bury the ones that matter.
+            self._matched_nothing.add(job.name)
+            reason = self._why_nothing(job, query.start_ms, query.end_ms)
+            log.warning("job %s: %s (said once, until it matches again)", job.name, reason,
+                        extra={**extra, "event": "job_matched_nothing", "reason": reason})
+        elif not observed:
+            log.debug("job %s still matches no series", job.name, extra={**extra, "event": "job_matched_nothing"})
+        else:
+            if job.name in self._matched_nothing:
+                self._matched_nothing.discard(job.name)
+                log.info("job %s matches series again", job.name, extra={**extra, "event": "job_matches_again"})
+            log.info("job %s scored %d series in %.2fs: %d started, %d extended, %d ended", job.name,
+                     len(observed), duration_s, outcome.started, outcome.extended, outcome.ended, extra=extra)
         return outcome
+
+    def _why_nothing(self, job: JobSettings, start_ms: int, end_ms: int) -> str:
+        """Why a job's run matched no series: an unknown metric, no samples yet, or another shard's series."""
+        from .emptiness import why_empty
+        from .presets import resolve
+
+        expr, _ = resolve(job.query)
+        client = getattr(self.detection, "prometheus", None) if job.source == "prometheus" else None
+        reason = why_empty(expr, start_ms, end_ms, shown_as=job.query.strip(), client=client)
+        if self.shard_count > 1:
+            reason += f" (or every series it has belongs to another shard than {self.shard_index}/{self.shard_count})"
+        return reason
 
     def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
         error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
@@ -223,10 +251,10 @@ class Worker:
                                                                      "cause": cause}))  # type: ignore[arg-type]
                     for sink in sinks:
                         self.store.enqueue(db, change.episode_id, sink, now_ms)  # type: ignore[arg-type]
-        for kind, episode_id, values in logs:  # after the commit: a log line never claims what is not stored
+        for kind, episode_id, logged in logs:  # after the commit: a log line never claims what is not stored
             (self.metrics.episodes_started if kind == "episode_started" else self.metrics.episodes_ended).labels(job.name).inc()
-            log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, values.get("series_key", ""),
-                     extra={"event": kind, "episode_id": episode_id, "vigil_job": job.name, **_event_detail(values)})
+            log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, logged.get("series_key", ""),
+                     extra={"event": kind, "episode_id": episode_id, "vigil_job": job.name, **_event_detail(logged)})
         return counts
 
     # -- the schedule ---------------------------------------------------------------------------
@@ -333,7 +361,8 @@ def _make_sinks(settings: Settings) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the YAML configuration")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="the YAML configuration (default: $VIGIL_CONFIG; VIGIL_* variables override it)")
     parser.add_argument("--shard-index", type=int, default=None, help="this worker's shard (default worker.shard_index)")
     parser.add_argument("--shard-count", type=int, default=None, help="number of shards (default worker.shard_count)")
     parser.add_argument("--once", action="store_true",
@@ -347,13 +376,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
+    path = config_path(args.config)
+    if path is None:
+        print("vigil worker: --config or $VIGIL_CONFIG: must name the YAML configuration with the jobs; got neither",
+              file=sys.stderr)
+        return 2
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     if not settings.jobs:
-        print(f"{args.config}: jobs: must list at least one job for the worker; got none", file=sys.stderr)
+        print(f"{path}: jobs: must list at least one job for the worker; got none", file=sys.stderr)
         return 2
     try:
         worker = Worker(settings, shard_index=args.shard_index, shard_count=args.shard_count)

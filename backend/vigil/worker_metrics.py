@@ -95,9 +95,9 @@ class WorkerMetrics:
                  backlog: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.scores = _ScoreCollector()
-        self.registry.register(self.scores)  # type: ignore[arg-type]
+        self.registry.register(self.scores)
         if backlog is not None:
-            self.registry.register(_BacklogCollector(backlog))  # type: ignore[arg-type]
+            self.registry.register(_BacklogCollector(backlog))
         r = self.registry
         self.episodes_started = Counter("vigil_episodes_started_total", "Anomaly episodes started.", ["vigil_job"], registry=r)
         self.episodes_ended = Counter("vigil_episodes_ended_total", "Anomaly episodes ended.", ["vigil_job"], registry=r)

@@ -10,7 +10,6 @@ model; its rows then carry ``group``, ``member`` and ``contribution`` (see ``fra
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -19,14 +18,16 @@ from ..config import Settings
 from ..errors import BadRequest
 from ..frames import to_rows
 from ..pipeline import Query
-from ..units import ms_to_s, parse_duration_s, parse_instant_ms, query_step_s
+from ..units import ms_to_s, parse_duration_s, parse_time_ms, query_step_s
 from .auth import require_token
 from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
 
-__all__ = ["infinity_blueprint"]
+__all__ = ["infinity_blueprint", "NOTICE_HEADER"]
+
+#: one header per notice on /api/v1/anomalies answers (``curl -i`` shows them)
+NOTICE_HEADER = "X-Vigil-Notice"
 
 KEYS = ("query", "from", "to", "step", "latest", "only_anomalies", *OPTION_KEYS)
-_RELATIVE = re.compile(r"^now(?:-(.+))?$")
 _DEFAULT_RANGE_S = 3600.0
 _DEFAULT_POINTS = 720
 
@@ -54,8 +55,9 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
         if not isinstance(expr, str) or not expr.strip():
             raise BadRequest(f"{where}: 'query' is required: a preset name or a PromQL expression", code="empty_query")
         where = f"{where} (query {expr!r})"
-        end_ms = _instant(body.get("to"), None, f"{where}: to")
-        start_ms = _instant(body.get("from"), end_ms, f"{where}: from")
+        now_ms = parse_time_ms("now")
+        end_ms = _instant(body.get("to"), now_ms, f"{where}: to")
+        start_ms = _instant(body.get("from"), end_ms, f"{where}: from", now_ms=now_ms)
         if "from" not in body:
             start_ms = end_ms - int(_DEFAULT_RANGE_S * 1000)
         range_s = ms_to_s(end_ms - start_ms)
@@ -71,28 +73,29 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
         result = current_app.extensions["vigil.detection"].run(Query(
             expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
             train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
-            ref_id="infinity", legend=opts.legend, group_by=opts.group_by,
+            ref_id="", legend=opts.legend, group_by=opts.group_by,
             min_deviation=opts.min_deviation, fit_budget_s=settings.detection.fit_budget_s))
         rows = to_rows(result, latest=as_bool(body.get("latest", False), f"{where}: latest"),
                        only_anomalies=as_bool(body.get("only_anomalies", False), f"{where}: only_anomalies"))
-        return jsonify(rows)
+        response = jsonify(rows)
+        # Rows have no place for notices (why an answer is empty, a raised step): a header does.
+        for text in result.notices:
+            response.headers.add(NOTICE_HEADER, _header_text(text))
+        return response
 
     return bp
 
 
-def _instant(value: Any, now_ms: int | None, where: str) -> int:
-    """Epoch ms/s, ISO-8601, ``now`` or ``now-6h``."""
+def _header_text(text: str) -> str:
+    """A notice as a header value: one line of printable ASCII."""
+    return " ".join(text.encode("ascii", "replace").decode("ascii").split())
+
+
+def _instant(value: Any, default_ms: int, where: str, *, now_ms: int | None = None) -> int:
+    """Epoch ms/s, ISO-8601, ``now`` or ``now-6h`` (``units.parse_time_ms``); ``default_ms`` when absent."""
     if value in (None, ""):
-        return now_ms if now_ms is not None else parse_instant_ms("now")
-    if isinstance(value, str):
-        match = _RELATIVE.match(value.strip())
-        if match:
-            base_ms = parse_instant_ms("now")
-            try:
-                return base_ms - int(parse_duration_s(match.group(1)) * 1000) if match.group(1) else base_ms
-            except ValueError as exc:
-                raise BadRequest(f"{where} must be a time such as now-6h; {exc}", code="bad_range") from None
+        return default_ms
     try:
-        return parse_instant_ms(value)
+        return parse_time_ms(value, now_ms=now_ms if now_ms is not None else default_ms)
     except ValueError as exc:
         raise BadRequest(f"{where} must be {exc}", code="bad_range") from None

@@ -18,7 +18,7 @@ from ..errors import BadRequest, VigilError
 from ..frames import FIELDS, to_annotation_frames, to_dataframes
 from ..pipeline import Detection, Query
 from ..presets import PRESETS, resolve
-from ..units import ms_to_s, parse_instant_ms, query_step_s
+from ..units import ms_to_s, parse_instant_ms, parse_time_ms, query_step_s
 from .auth import require_token
 from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
 
@@ -167,7 +167,8 @@ def _range(body: dict[str, Any], where: str, *, required: bool = True) -> tuple[
             return end_ms - 6 * 3600 * 1000, end_ms
         raise BadRequest(f"{where}: range.from and range.to are required (ISO-8601 times)", code="bad_range")
     try:
-        return parse_instant_ms(rng["from"]), parse_instant_ms(rng["to"])
+        now_ms = parse_time_ms("now")  # one "now" for both ends
+        return parse_time_ms(rng["from"], now_ms=now_ms), parse_time_ms(rng["to"], now_ms=now_ms)
     except ValueError as exc:
         raise BadRequest(f"{where}: range must be {exc}", code="bad_range") from None
 
