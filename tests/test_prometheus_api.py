@@ -15,7 +15,7 @@ import requests
 from werkzeug.serving import make_server
 
 from grafana_bodies import simpod_query
-from realstack import require_binary
+from realstack import require_binary, wait_for
 from vigil.config import Settings
 from vigil.http.app import create_app
 
@@ -101,6 +101,12 @@ def test_label_and_metadata_calls_of_the_query_editor(client, seeded_prometheus)
 def test_anomaly_score_gives_the_same_numbers_as_json_query(client, seeded_prometheus):
     start_s, end_s = view_s(seeded_prometheus)
     for model in ("seasonal", "iforest"):
+        expr = f'anomaly_score({seeded_prometheus.metric}, "model={model}")'
+        # A learned model that misses a panel's fit budget is trained in the background (the
+        # answer says so in "warnings"): wait until every series has its own cached model.
+        wait_for(lambda: not any("train in the background" in w for w in
+                                 grafana_range(client, expr, start_s, end_s).get_json().get("warnings", [])),
+                 deadline_s=120, what=f"{model} models to be trained and cached")
         body = simpod_query(start_s * 1000, end_s * 1000,
                             [{"target": seeded_prometheus.metric, "payload": {"model": model}}],
                             interval_ms=STEP_S * 1000, max_data_points=VIEW_H * 60)
@@ -111,7 +117,7 @@ def test_anomaly_score_gives_the_same_numbers_as_json_query(client, seeded_prome
             instance = fields["value"]["labels"]["instance"]
             expected[instance] = {t: v for t, v in zip(fields["time"]["values"], fields["anomaly_score"]["values"])
                                   if v is not None}
-        response = grafana_range(client, f'anomaly_score({seeded_prometheus.metric}, "model={model}")', start_s, end_s)
+        response = grafana_range(client, expr, start_s, end_s)
         assert response.status_code == 200, response.get_json()
         got = by_instance(response.get_json()["data"]["result"])
         assert set(got) == set(expected) == {"spiky", "shifted", "quiet"}
@@ -165,6 +171,31 @@ def test_instant_query_scores_the_last_point(client, seeded_prometheus):
     window = grafana_range(client, expr, at_s - 3600, at_s).get_json()["data"]["result"]
     for instance, item in by_instance(window).items():
         assert vector[instance]["value"] == [at_s, item["values"][-1][1]]
+
+
+def test_get_requests_and_interpolated_grafana_variables(client, seeded_prometheus):
+    """httpMethod GET puts the same parameters on the URL; $__rate_interval arrives filled in."""
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'anomaly_score(avg by (instance) (avg_over_time({seeded_prometheus.metric}{{instance=~"spiky|quiet"}}[4m])))'
+    response = client.get("/prometheus/api/v1/query_range", query_string={
+        "query": expr, "start": start_s, "end": end_s, "step": "60", "timeout": "30s"})
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()["data"]["result"]
+    assert sorted(r["metric"]["instance"] for r in result) == ["quiet", "spiky"]
+    assert all(len(r["values"]) > VIEW_H * 50 for r in result)
+
+
+def test_alert_rule_instant_query_and_refused_custom_query_parameters(client, seeded_prometheus):
+    at_s = seeded_prometheus.end_ms // 1000
+    # Grafana alerting evaluates an instant query (QueryInstant: query and time only).
+    form = {"query": f"is_anomaly({seeded_prometheus.metric})", "time": str(at_s)}
+    vector = client.post("/prometheus/api/v1/query", data=form, headers=FORM).get_json()["data"]["result"]
+    assert sorted(v["metric"]["instance"] for v in vector) == ["quiet", "shifted", "spiky"]
+    assert all(v["value"][0] == at_s and v["value"][1] in ("0", "1") for v in vector)
+    # A datasource's "custom query parameters" are appended to the URL, also on POST.
+    refused = client.post("/prometheus/api/v1/query?sensitivity=low", data=form, headers=FORM)
+    assert refused.status_code == 400
+    assert 'anomaly_score(<PromQL>, "sensitivity=...")' in refused.get_json()["error"]
 
 
 def test_plain_promql_is_passed_through_unchanged(client, seeded_prometheus):
