@@ -499,7 +499,7 @@ def anomaly_overview() -> Json:
                           ("peak_score", "peak score", "number"), ("peak_value", "peak value", "number"),
                           ("yhat", "expected", "number"), ("model", "model", "string"),
                           ("reason", "reason", "string"), ("severity", "severity", "string"),
-                          ("alert_state", "alert", "string"), ("annotation_id", "annotation", "number")],
+                          ("alert_state", "alert", "string"), ("annotation_id", "annotation", "string")],
                          params=[("from", "${__from}"), ("to", "${__to}")])],
         datasource=INFINITY, overrides=[score_cell("peak score")], sort_by=[{"displayName": "start", "desc": True}],
         description="Every episode the worker recorded (durable audit): when, which series, how bad, why, "
