@@ -343,21 +343,28 @@ def _drop_nulls(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The dashboards
 
-# Variables go into PromQL raw strings (backticks): simPod interpolates them in Grafana's "regex"
-# format (127\.0\.0\.1:9100), and a backslash-dot is an invalid escape in a double-quoted PromQL string.
-CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~`$instance`}[5m]))'
-MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~`$instance`}'
-               ' / node_memory_MemTotal_bytes{instance=~`$instance`}')
+# Variables on the Vigil (Prometheus-type) datasource go into double-quoted PromQL strings: Grafana's
+# Prometheus datasource escapes a multi-value variable for exactly that (127\\.0\\.0\\.1:9100 in
+# the text, 127\.0\.0\.1:9100 as the regex). Infinity fills a variable in as is, so its bodies use
+# PromQL raw strings (backticks), where a backslash stays a backslash (see ``for_infinity``).
+CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~"$instance"}[5m]))'
+MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~"$instance"}'
+               ' / node_memory_MemTotal_bytes{instance=~"$instance"}')
 CPU_MODES_EXPR = 'sum by (instance, mode) (rate(node_cpu_seconds_total{mode!="idle", instance=~`$instance`}[5m]))'
 RESTARTS_EXPR = ('sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total'
-                 '{namespace=~`$namespace`}[5m]))')
-NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~`$namespace`})'
+                 '{namespace=~"$namespace"}[5m]))')
+NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~"$namespace"})'
 ANOMALY_COLUMNS = [("time", "time", "timestamp_epoch"), ("series", "series", "string"),
                    ("value", "value", "number"), ("yhat", "expected", "number"),
                    ("yhat_lower", "expected low", "number"), ("yhat_upper", "expected high", "number"),
                    ("anomaly_score", "score", "number"), ("is_anomaly", "anomalous", "number")]
 ANOMALOUS_MAPPING = [{"type": "value", "options": {"0": {"text": "normal", "color": "green", "index": 0},
                                                    "1": {"text": "anomalous", "color": RED, "index": 1}}}]
+
+
+def for_infinity(expr: str) -> str:
+    """``expr`` with its variables in PromQL raw strings, for an Infinity body (filled in as is)."""
+    return expr.replace('"$instance"', "`$instance`").replace('"$namespace"', "`$namespace`")
 
 
 def anomalies_now_body(query: str) -> str:
@@ -441,7 +448,7 @@ def kubernetes_workloads() -> Json:
     now = table(
         5, "Not-ready pods: latest point per namespace", grid(0, 16, 24, 8),
         [infinity_target("A", "/api/v1/anomalies", ANOMALY_COLUMNS, method="POST",
-                         body=anomalies_now_body(NOT_READY_EXPR))],
+                         body=anomalies_now_body(for_infinity(NOT_READY_EXPR)))],
         datasource=INFINITY, overrides=[score_cell("score"),
                                         override("byName", "anomalous", ("mappings", ANOMALOUS_MAPPING),
                                                  ("custom.cellOptions", {"type": "color-text"}))],
