@@ -221,3 +221,18 @@ def test_discovery_is_asked_again_after_a_grafana_error(tmp_path):
         assert sink.uses_app_api() is True
         assert sink.uses_app_api() is True
         assert [r["status"] for r in grafana.requests] == [503, 200]
+
+
+def test_an_annotation_made_on_the_legacy_api_is_finished_there_after_grafana_upgrades(tmp_path, grafana):
+    store, episode_id = _store_with_episode(tmp_path)
+    assert _outbox(store, grafana).drain(10)
+    assert store.episode(episode_id).annotation_id == 1
+    grafana.app_api = True  # Grafana upgraded; the worker restarted (a new sink discovers again)
+    with store.transaction() as db:
+        store.update_episode(db, episode_id, {"end_ms": NOW_MS, "last_ms": NOW_MS}, NOW_MS)
+        store.enqueue(db, episode_id, "grafana", NOW_MS)
+    assert _outbox(store, grafana).drain(10)
+    assert [(r["method"], r["path"]) for r in grafana.requests[-2:]] == [("PATCH", "/api/annotations/1"),
+                                                                       ("GET", "/api/annotations")]
+    assert len(grafana.annotations) == 1 and grafana.annotations[1]["timeEnd"] == NOW_MS
+    assert grafana.deleted == [] and grafana.rejections == []

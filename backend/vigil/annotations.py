@@ -112,6 +112,9 @@ class GrafanaSink:
         if self.uses_app_api():
             name = annotation_name(episode.id)
             return [name] if self.app_api.get(name) is not None else []
+        return self._legacy_find_all(episode)
+
+    def _legacy_find_all(self, episode: StoredEpisode) -> list[int]:
         tag = episode_tag(episode.id)
         found = self.api.annotations.find_annotations(tags=[tag], ann_type="annotation", limit=100)
         return sorted(int(item["id"]) for item in found or [] if tag in (item.get("tags") or []))
@@ -130,7 +133,8 @@ class GrafanaSink:
         """
         if isinstance(annotation_id, str):
             return []
-        extra = [i for i in self.find_all(episode) if i != annotation_id]
+        # Made through the legacy API (even if Grafana has offered the new one since): look there.
+        extra = [i for i in self._legacy_find_all(episode) if i != annotation_id]
         for other in extra:
             self.api.annotations.delete_annotations_by_id(other)
         return extra
