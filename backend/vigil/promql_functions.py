@@ -2,7 +2,8 @@
 
 Owns recognising ``anomaly_score``, ``is_anomaly``, ``yhat``, ``yhat_lower``, ``yhat_upper`` and
 ``anomalies`` in a query text, splitting off the inner PromQL and the optional string arguments
-(``"model=..."``, ``"sensitivity=..."``, ``"train_window=..."``). A small scanner, not a PromQL
+(``"model=..."``, ``"sensitivity=..."``, ``"train_window=..."``, ``"source=loki"`` for a LogQL
+metric query). A small scanner, not a PromQL
 parser: it knows string literals, comments and bracket nesting, which is what it takes to find
 the outermost call. The function must be the outermost call of the text; anywhere else it is an
 error, because Prometheus does not know it.
@@ -21,13 +22,13 @@ __all__ = ["FUNCTIONS", "OPTION_NAMES", "AnomalyCall", "parse_anomaly_call", "me
 #: The functions, in the score vocabulary; ``anomalies`` is the value at anomalous points only.
 FUNCTIONS = ("anomaly_score", "is_anomaly", "yhat", "yhat_lower", "yhat_upper", "anomalies")
 #: What the optional string arguments may set.
-OPTION_NAMES = ("model", "sensitivity", "train_window")
+OPTION_NAMES = ("model", "sensitivity", "train_window", "source")
 
 _CALL = re.compile(r"(?<![A-Za-z0-9_:])(" + "|".join(sorted(FUNCTIONS, key=len, reverse=True)) + r")\s*\(")
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 _USAGE = 'anomaly_score(<PromQL>[, "model=auto|seasonal|iforest|ocsvm"][, "sensitivity=low|medium|high"]' \
-         '[, "train_window=7d"])'
+         '[, "train_window=7d"][, "source=prometheus|loki"])'
 
 
 class AnomalyCall(NamedTuple):

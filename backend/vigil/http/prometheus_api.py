@@ -11,8 +11,8 @@ fixed paths only). Checked against Grafana's ``pkg/promlib`` (``client/client.go
 
 Every answer is in Prometheus' envelope ``{status, data, errorType, error, warnings}``; errors
 are mapped once, in :func:`_envelope_error`. Options go inside the function as string arguments
-(``anomaly_score(x, "model=seasonal", "sensitivity=low", "train_window=14d")``); the same names
-as query parameters (a datasource's custom query parameters) are refused with a message saying so.
+(``anomaly_score(x, "model=seasonal", "sensitivity=low", "train_window=14d")``; ``"source=loki"``
+scores a LogQL metric query); the same names as query parameters (a datasource's custom query parameters) are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _run(detection: Detection, settings: Settings, call: AnomalyCall, start_ms: 
     opts = detection_options(call.options, settings, where)
     return detection.run(Query(
         expr=call.inner, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
-        train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, ref_id=call.function,
+        train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source, ref_id=call.function,
         fit_budget_s=settings.detection.fit_budget_s))
 
 
