@@ -274,3 +274,18 @@ def test_promtool_query_range_and_instant_show_the_anomaly_series(served, seeded
     wrong = subprocess.run([promtool, "query", "instant", served, "sum(anomaly_score(x))"],
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode != 0 and "outermost" in (wrong.stderr + wrong.stdout)
+
+
+def test_exemplars_and_format_query_of_the_editor(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    window = {"start": str(start_s), "end": str(end_s)}
+    ours = client.post("/prometheus/api/v1/query_exemplars", headers=FORM,
+                       data={"query": f"anomaly_score({seeded_prometheus.metric})", **window}).get_json()
+    assert ours == {"status": "success", "data": []}
+    relayed = client.post("/prometheus/api/v1/query_exemplars", headers=FORM,
+                          data={"query": seeded_prometheus.metric, **window}).get_json()
+    assert relayed["status"] == "success" and relayed["data"] == []
+    formatted = client.get("/prometheus/api/v1/format_query", query_string={"query": "sum(rate(x[5m]))by(job)"})
+    assert formatted.get_json() == {"status": "success", "data": "sum by (job) (rate(x[5m]))"}
+    kept = client.get("/prometheus/api/v1/format_query", query_string={"query": " yhat(x) "}).get_json()
+    assert kept == {"status": "success", "data": "yhat(x)"}
