@@ -14,7 +14,8 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from grafana_bodies import simpod_query
+from grafana_bodies import (PROMETHEUS_FORM, PROMETHEUS_HEALTHCHECK, prometheus_instant_form, prometheus_range_form,
+                            simpod_query)
 from realstack import require_binary, wait_for
 from vigil.config import Settings
 from vigil.http.app import create_app
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.real
 
 VIEW_H = 12
 STEP_S = 60
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+FORM = PROMETHEUS_FORM
 
 
 def view_s(seeded):
@@ -33,7 +34,7 @@ def view_s(seeded):
 
 def grafana_range(client, expr, start_s, end_s, step_s=STEP_S, **extra):
     """``QueryRange`` as Grafana sends it with the default ``httpMethod: POST``: a form body."""
-    form = {"query": expr, "start": str(start_s), "end": str(end_s), "step": str(step_s), "timeout": "30s", **extra}
+    form = {**prometheus_range_form(expr, start_s, end_s, step_s), **extra}
     return client.post("/prometheus/api/v1/query_range", data=form, headers=FORM)
 
 
@@ -65,7 +66,7 @@ def served(service_app):
 
 def test_save_and_test_is_grafanas_instant_1_plus_1(client):
     # healthcheck.go: Expr "1+1", Instant, evaluated at time.Unix(4, 0): QueryInstant sends time=4.
-    for response in (client.post("/prometheus/api/v1/query", data={"query": "1+1", "time": "4"}, headers=FORM),
+    for response in (client.post("/prometheus/api/v1/query", data=PROMETHEUS_HEALTHCHECK, headers=FORM),
                      client.get("/prometheus/api/v1/query?query=1%2B1&time=4")):
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
@@ -163,7 +164,7 @@ def test_band_functions_enclose_yhat(client, seeded_prometheus):
 def test_instant_query_scores_the_last_point(client, seeded_prometheus):
     at_s = seeded_prometheus.end_ms // 1000
     expr = f'anomaly_score({seeded_prometheus.metric}, "model=seasonal")'
-    response = client.post("/prometheus/api/v1/query", data={"query": expr, "time": str(at_s)}, headers=FORM)
+    response = client.post("/prometheus/api/v1/query", data=prometheus_instant_form(expr, at_s), headers=FORM)
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert body["data"]["resultType"] == "vector"
@@ -188,7 +189,7 @@ def test_get_requests_and_interpolated_grafana_variables(client, seeded_promethe
 def test_alert_rule_instant_query_and_refused_custom_query_parameters(client, seeded_prometheus):
     at_s = seeded_prometheus.end_ms // 1000
     # Grafana alerting evaluates an instant query (QueryInstant: query and time only).
-    form = {"query": f"is_anomaly({seeded_prometheus.metric})", "time": str(at_s)}
+    form = prometheus_instant_form(f"is_anomaly({seeded_prometheus.metric})", at_s)
     vector = client.post("/prometheus/api/v1/query", data=form, headers=FORM).get_json()["data"]["result"]
     assert sorted(v["metric"]["instance"] for v in vector) == ["quiet", "shifted", "spiky"]
     assert all(v["value"][0] == at_s and v["value"][1] in ("0", "1") for v in vector)
