@@ -7,7 +7,10 @@ drifts. Run ``python grafana/build_dashboards.py`` after changing this file;
 
 Conventions every dashboard keeps: a fixed ``uid``; datasources only as ``{"type", "uid"}`` of the
 provisioned UIDs (grafana/provisioning/datasources/vigil.yaml); no hosts; no ``null`` values
-(Grafana's own dashboard schema rejects them).
+(Grafana's own dashboard schema rejects them). No community plugin for anomalies: the panels,
+variables and annotation queries use Grafana's built-in Prometheus datasource on Vigil's
+``/prometheus`` API (``anomaly_score(<PromQL>)``, ``yhat_lower(...)``, ...); Infinity shows the
+tables, the audit and multivariate contributions; the legacy simPod datasource is not used.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "dashboards"
 
-VIGIL = {"type": "simpod-json-datasource", "uid": "vigil-json"}
+VIGIL = {"type": "prometheus", "uid": "vigil-prometheus"}
 INFINITY = {"type": "yesoreyeram-infinity-datasource", "uid": "vigil-infinity"}
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 GRAFANA = {"type": "grafana", "uid": "-- Grafana --"}
@@ -38,18 +41,29 @@ Json = dict[str, Any]
 # Queries
 
 
-def vigil_target(ref: str, target: str, **payload: Any) -> Json:
-    """A simPod JSON datasource query: ``target`` is PromQL or a preset, ``payload`` Vigil's options.
-
-    The payload is stored as JSON text in "code" mode: simPod interpolates dashboard variables
-    into it and parses it before sending (an invalid payload silently becomes ``{}``).
-    """
-    return {"refId": ref, "datasource": VIGIL, "target": target, "payload": json.dumps(payload),
-            "editorMode": "code"}
+#: The model and sensitivity variables, as the anomaly functions' optional string arguments.
+MODEL_OPTIONS = ('"model=$model"', '"sensitivity=$sensitivity"')
 
 
-def model_payload(**extra: Any) -> Json:
-    return {"model": "$model", "sensitivity": "$sensitivity", **extra}
+def anomaly_expr(function: str, expr: str, options: tuple[str, ...] = MODEL_OPTIONS) -> str:
+    """``anomaly_score(<expr>, "model=$model", "sensitivity=$sensitivity")`` for Vigil's /prometheus API."""
+    return f"{function}({', '.join((expr, *options))})"
+
+
+def vigil_target(ref: str, function: str | None, expr: str, legend: str) -> Json:
+    """A query of the Vigil datasource (built-in Prometheus type): an anomaly function of ``expr``,
+    or ``expr`` itself (``function=None``: Vigil passes plain PromQL to Prometheus)."""
+    text = anomaly_expr(function, expr) if function else expr
+    return {**prom_target(ref, text, legend), "datasource": VIGIL, "interval": "60s"}
+
+
+def band_targets(expr: str, legend: str, *, band: bool = True) -> list[Json]:
+    """Value, expected, (band edges,) anomalous points: display names "<legend>", "<legend> expected", ..."""
+    targets = [vigil_target("A", None, expr, legend), vigil_target("B", "yhat", expr, f"{legend} expected")]
+    if band:
+        targets += [vigil_target("C", "yhat_lower", expr, f"{legend} expected low"),
+                    vigil_target("D", "yhat_upper", expr, f"{legend} expected high")]
+    return [*targets, vigil_target("E", "anomalies", expr, f"{legend} anomaly")]
 
 
 def prom_target(ref: str, expr: str, legend: str = "__auto", *, instant: bool = False,
@@ -103,7 +117,7 @@ def band_overrides(name: str) -> list[Json]:
     """The service names a series' fields "<name>", "<name> expected", "<name> expected low", ...
 
     The band is the area between "expected high" and "expected low" (``fillBelowTo`` needs the
-    exact display name, hence the fixed ``legend`` in those panels' payloads); the expected value
+    exact display name, hence the fixed ``legendFormat`` of those panels' queries); the expected value
     is a dashed grey line; anomalous points are red dots; ``is anomaly`` is not drawn.
     """
     return [
@@ -255,10 +269,11 @@ def text(pid: int, pos: Json, content: str, title: str = "") -> Json:
 
 
 def vigil_variable(name: str, label: str, query: str, *, title: str) -> Json:
-    """Label values through the service's /json/variable (simPod's JSON variable format)."""
+    """Label values through the Vigil datasource (``label_values``: Vigil relays it to Prometheus)."""
+    definition = f"label_values({query}, {label})"
     return {"name": name, "label": title, "type": "query", "datasource": VIGIL,
-            "query": {"query": json.dumps({"label": label, "query": query}), "format": "json"},
-            "definition": f"{label} of {query}", "refresh": 2, "multi": True, "includeAll": True,
+            "query": {"qryType": 1, "query": definition, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "definition": definition, "refresh": 2, "multi": True, "includeAll": True,
             "allValue": ".+", "sort": 1, "options": [], "hide": 0, "regex": "",
             "current": {"text": ["All"], "value": ["$__all"], "selected": True}}
 
@@ -286,15 +301,16 @@ WORKER_ANNOTATIONS = {"name": "Anomalies (Vigil worker)", "datasource": GRAFANA,
                       "target": {"type": "tags", "tags": ["anomaly"], "matchAny": True, "limit": 200}}
 
 
-def on_demand_annotations(name: str, target: str, legend: str, **payload: Any) -> Json:
-    """Anomaly episodes computed by the service for this dashboard's range (off by default: the
-    worker's annotations already show the configured jobs)."""
-    query = vigil_target("Anno", target, annotations=True, legend=legend, model="$model",
-                         sensitivity="$sensitivity", **payload)
-    # limit/matchAny/tags/type are required by the dashboard schema's AnnotationTarget; simPod
-    # ignores them and sends the query (target, payload) to /json/query.
+def on_demand_annotations(name: str, expr: str, title: str, tag_keys: str) -> Json:
+    """Anomaly episodes computed by the service for this dashboard's range, from an ``is_anomaly``
+    series of the Vigil datasource: Grafana's Prometheus annotations turn its runs of non-zero
+    points into regions. Off by default: the worker's annotations already show the configured jobs."""
+    # limit/matchAny/tags/type are required by the dashboard schema's AnnotationTarget; the
+    # Prometheus datasource ignores them and runs target.expr every `step`.
     return {"name": name, "datasource": VIGIL, "enable": False, "iconColor": "orange",
-            "target": {**query, "limit": 100, "matchAny": False, "tags": [], "type": "dashboard"}}
+            "step": "60s", "titleFormat": title, "tagKeys": tag_keys, "textFormat": "", "useValueForTime": False,
+            "target": {"refId": "Anno", "expr": anomaly_expr("is_anomaly", expr), "interval": "60s",
+                       "limit": 100, "matchAny": False, "tags": [], "type": "dashboard"}}
 
 
 def dashboard(uid: str, title: str, description: str, panels: list[Json], *, variables: list[Json] = (),
@@ -327,21 +343,28 @@ def _drop_nulls(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The dashboards
 
-# Variables go into PromQL raw strings (backticks): simPod interpolates them in Grafana's "regex"
-# format (127\.0\.0\.1:9100), and a backslash-dot is an invalid escape in a double-quoted PromQL string.
-CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~`$instance`}[5m]))'
-MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~`$instance`}'
-               ' / node_memory_MemTotal_bytes{instance=~`$instance`}')
+# Variables on the Vigil (Prometheus-type) datasource go into double-quoted PromQL strings: Grafana's
+# Prometheus datasource escapes a multi-value variable for exactly that (127\\.0\\.0\\.1:9100 in
+# the text, 127\.0\.0\.1:9100 as the regex). Infinity fills a variable in as is, so its bodies use
+# PromQL raw strings (backticks), where a backslash stays a backslash (see ``for_infinity``).
+CPU_EXPR = '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle", instance=~"$instance"}[5m]))'
+MEMORY_EXPR = ('1 - node_memory_MemAvailable_bytes{instance=~"$instance"}'
+               ' / node_memory_MemTotal_bytes{instance=~"$instance"}')
 CPU_MODES_EXPR = 'sum by (instance, mode) (rate(node_cpu_seconds_total{mode!="idle", instance=~`$instance`}[5m]))'
 RESTARTS_EXPR = ('sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total'
-                 '{namespace=~`$namespace`}[5m]))')
-NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~`$namespace`})'
+                 '{namespace=~"$namespace"}[5m]))')
+NOT_READY_EXPR = 'sum by (namespace) (kube_pod_status_ready{condition="false", namespace=~"$namespace"})'
 ANOMALY_COLUMNS = [("time", "time", "timestamp_epoch"), ("series", "series", "string"),
                    ("value", "value", "number"), ("yhat", "expected", "number"),
                    ("yhat_lower", "expected low", "number"), ("yhat_upper", "expected high", "number"),
                    ("anomaly_score", "score", "number"), ("is_anomaly", "anomalous", "number")]
 ANOMALOUS_MAPPING = [{"type": "value", "options": {"0": {"text": "normal", "color": "green", "index": 0},
                                                    "1": {"text": "anomalous", "color": RED, "index": 1}}}]
+
+
+def for_infinity(expr: str) -> str:
+    """``expr`` with its variables in PromQL raw strings, for an Infinity body (filled in as is)."""
+    return expr.replace('"$instance"', "`$instance`").replace('"$namespace"', "`$namespace`")
 
 
 def anomalies_now_body(query: str) -> str:
@@ -351,44 +374,48 @@ def anomalies_now_body(query: str) -> str:
         '"from": 0', '"from": ${__timeFrom}').replace('"to": 0', '"to": ${__timeTo}')
 
 
+def contributions_body(expr: str) -> str:
+    """/api/v1/anomalies with ``group_by``: each member's share of its group's score, per point."""
+    return json.dumps({"query": expr, "from": 0, "to": 0, "step": "60s", "group_by": ["instance"],
+                       "sensitivity": "$sensitivity"}).replace(
+        '"from": 0', '"from": ${__timeFrom}').replace('"to": 0', '"to": ${__timeTo}')
+
+
 def node_resources() -> Json:
-    value_fields = ["value", "yhat", "band", "anomalies"]
     cpu = timeseries(
-        2, "CPU busy: $instance", grid(0, 8, 12, 9),
-        [vigil_target("A", CPU_EXPR, legend="CPU", fields=value_fields, **model_payload())],
+        2, "CPU busy: $instance", grid(0, 8, 12, 9), band_targets(CPU_EXPR, "CPU"),
         unit="percentunit", minimum=0, maximum=1, overrides=band_overrides("CPU"),
         description="Share of CPU time not idle. The blue band is what Vigil expected for this time "
-                    "and load; red dots are points it flags as anomalous.")
+                    "and load (yhat_lower .. yhat_upper); red dots are points it flags as anomalous (anomalies).")
     memory = timeseries(
-        3, "Memory in use: $instance", grid(12, 8, 12, 9),
-        [vigil_target("A", MEMORY_EXPR, legend="Memory", fields=value_fields, **model_payload())],
+        3, "Memory in use: $instance", grid(12, 8, 12, 9), band_targets(MEMORY_EXPR, "Memory"),
         unit="percentunit", minimum=0, maximum=1, overrides=band_overrides("Memory"),
         description="1 - MemAvailable / MemTotal, with the expected band and anomalous points.")
     score = score_panel(
         4, "Anomaly score: $instance", grid(0, 17, 12, 6),
-        [vigil_target("A", CPU_EXPR, legend="CPU", fields=["anomaly_score"], **model_payload()),
-         vigil_target("B", MEMORY_EXPR, legend="Memory", fields=["anomaly_score"], **model_payload())],
+        [vigil_target("A", "anomaly_score", CPU_EXPR, "CPU anomaly score"),
+         vigil_target("B", "anomaly_score", MEMORY_EXPR, "Memory anomaly score")],
         "Above 1.0 (the dashed line) a point is anomalous, for every model.")
     flags = state_timeline(
         5, "Anomaly episodes: $instance", grid(12, 17, 12, 6),
-        [vigil_target("A", CPU_EXPR, legend="CPU", fields=["is_anomaly"], **model_payload()),
-         vigil_target("B", MEMORY_EXPR, legend="Memory", fields=["is_anomaly"], **model_payload())],
+        [vigil_target("A", "is_anomaly", CPU_EXPR, "CPU"), vigil_target("B", "is_anomaly", MEMORY_EXPR, "Memory")],
         datasource=VIGIL, steps=thresholds((None, "green"), (1, RED)), mappings=ANOMALOUS_MAPPING, decimals=0,
         description="Episodes with hysteresis: an episode opens above the threshold and closes only "
                     "after the score stays below it, so short dips do not split it.")
     drivers = timeseries(
         7, "What drove CPU: $instance (all modes as one group)", grid(0, 23, 24, 7),
-        [vigil_target("A", CPU_MODES_EXPR, legend="{{mode}}", group_by=["instance"], fields=["contributions"],
-                      sensitivity="$sensitivity")],
-        unit="percentunit", minimum=0, maximum=1, decimals=2,
+        [infinity_target("A", "/api/v1/anomalies", [("time", "time", "timestamp_epoch"), ("member", "member", "string"),
+                                                    ("contribution", "contribution", "number")],
+                         method="POST", body=contributions_body(CPU_MODES_EXPR), fmt="timeseries")],
+        unit="percentunit", minimum=0, maximum=1, decimals=2, datasource=INFINITY,
         custom=timeseries_custom(lineWidth=1, fillOpacity=40, stacking={"group": "A", "mode": "normal"}),
         description="The CPU modes of the node scored together by one multivariate model (group_by "
-                    "instance): each mode's share of what made the combination unusual. Read it where "
-                    "the on-demand \"CPU modes (computed now)\" annotations mark an episode.")
+                    "instance, through Infinity): each mode's share of what made the combination unusual. "
+                    "Read it where the on-demand \"CPU anomalies (computed now)\" annotations mark an episode.")
     fleet = score_panel(
         6, "Anomaly score, all selected instances", grid(0, 0, 24, 7),
-        [vigil_target("A", CPU_EXPR, legend="{{instance}} CPU", fields=["anomaly_score"], **model_payload()),
-         vigil_target("B", MEMORY_EXPR, legend="{{instance}} memory", fields=["anomaly_score"], **model_payload())],
+        [vigil_target("A", "anomaly_score", CPU_EXPR, "{{instance}} CPU anomaly score"),
+         vigil_target("B", "anomaly_score", MEMORY_EXPR, "{{instance}} memory anomaly score")],
         "Which instance to look at: every selected instance's CPU and memory score.")
     return dashboard(
         "vigil-node", "Vigil / Node resources",
@@ -396,35 +423,32 @@ def node_resources() -> Json:
         [fleet, row(1, "$instance", 7, repeat="instance"), cpu, memory, score, flags, drivers],
         variables=[vigil_variable("instance", "instance", "node_uname_info", title="Instance"), *MODEL_VARIABLES],
         annotations=[WORKER_ANNOTATIONS,
-                     on_demand_annotations("CPU anomalies (computed now)", CPU_EXPR, "{{instance}} CPU"),
-                     on_demand_annotations("Memory anomalies (computed now)", MEMORY_EXPR, "{{instance}} memory"),
-                     on_demand_annotations("CPU modes (computed now)", CPU_MODES_EXPR, "{{mode}}",
-                                           group_by=["instance"])])
+                     on_demand_annotations("CPU anomalies (computed now)", CPU_EXPR, "{{instance}} CPU anomalous",
+                                           "instance"),
+                     on_demand_annotations("Memory anomalies (computed now)", MEMORY_EXPR,
+                                           "{{instance}} memory anomalous", "instance")])
 
 
 def kubernetes_workloads() -> Json:
-    fields = ["value", "yhat", "anomalies"]
     restarts = timeseries(
         2, "Container restarts per pod (5m)", grid(0, 0, 12, 9),
-        [vigil_target("A", RESTARTS_EXPR, legend="{{namespace}}/{{pod}}", fields=fields, **model_payload())],
+        band_targets(RESTARTS_EXPR, "{{namespace}}/{{pod}}", band=False),
         unit="short", minimum=0, decimals=0, overrides=[expected_override(), *anomaly_overrides()],
         description="Restarts in the last 5 minutes per pod (kube-state-metrics); red dots are anomalous.")
     not_ready = timeseries(
         3, "Pods not ready per namespace", grid(12, 0, 12, 9),
-        [vigil_target("A", NOT_READY_EXPR, legend="{{namespace}}", fields=fields, **model_payload())],
+        band_targets(NOT_READY_EXPR, "{{namespace}}", band=False),
         unit="short", minimum=0, decimals=0, overrides=[expected_override(), *anomaly_overrides()],
         description="Pods whose Ready condition is false (kube-state-metrics); red dots are anomalous.")
     score = score_panel(
         4, "Anomaly score", grid(0, 9, 24, 7),
-        [vigil_target("A", RESTARTS_EXPR, legend="{{namespace}}/{{pod}} restarts", fields=["anomaly_score"],
-                      **model_payload()),
-         vigil_target("B", NOT_READY_EXPR, legend="{{namespace}} not ready", fields=["anomaly_score"],
-                      **model_payload())],
+        [vigil_target("A", "anomaly_score", RESTARTS_EXPR, "{{namespace}}/{{pod}} restarts anomaly score"),
+         vigil_target("B", "anomaly_score", NOT_READY_EXPR, "{{namespace}} not ready anomaly score")],
         "Above 1.0 (the dashed line) a point is anomalous.")
     now = table(
         5, "Not-ready pods: latest point per namespace", grid(0, 16, 24, 8),
         [infinity_target("A", "/api/v1/anomalies", ANOMALY_COLUMNS, method="POST",
-                         body=anomalies_now_body(NOT_READY_EXPR))],
+                         body=anomalies_now_body(for_infinity(NOT_READY_EXPR)))],
         datasource=INFINITY, overrides=[score_cell("score"),
                                         override("byName", "anomalous", ("mappings", ANOMALOUS_MAPPING),
                                                  ("custom.cellOptions", {"type": "color-text"}))],
@@ -437,7 +461,8 @@ def kubernetes_workloads() -> Json:
         [restarts, not_ready, score, now],
         variables=[vigil_variable("namespace", "namespace", "kube_pod_info", title="Namespace"), *MODEL_VARIABLES],
         annotations=[WORKER_ANNOTATIONS,
-                     on_demand_annotations("Not-ready anomalies (computed now)", NOT_READY_EXPR, "{{namespace}}")])
+                     on_demand_annotations("Not-ready anomalies (computed now)", NOT_READY_EXPR,
+                                           "{{namespace}} not-ready pods anomalous", "namespace")])
 
 
 def anomaly_overview() -> Json:
@@ -481,7 +506,7 @@ def anomaly_overview() -> Json:
                           ("peak_score", "peak score", "number"), ("peak_value", "peak value", "number"),
                           ("yhat", "expected", "number"), ("model", "model", "string"),
                           ("reason", "reason", "string"), ("severity", "severity", "string"),
-                          ("alert_state", "alert", "string"), ("annotation_id", "annotation", "number")],
+                          ("alert_state", "alert", "string"), ("annotation_id", "annotation", "string")],
                          params=[("from", "${__from}"), ("to", "${__to}")])],
         datasource=INFINITY, overrides=[score_cell("peak score")], sort_by=[{"displayName": "start", "desc": True}],
         description="Every episode the worker recorded (durable audit): when, which series, how bad, why, "

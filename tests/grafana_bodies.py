@@ -58,3 +58,33 @@ def value_json(value: Any) -> str:
     import json
 
     return json.dumps(value)
+
+
+# --- Grafana's built-in Prometheus datasource (grafana/grafana pkg/promlib, Grafana 12.x main) ---
+#
+# client/client.go: with the default ``httpMethod: POST`` a query is a form-encoded POST
+# (``Content-Type: application/x-www-form-urlencoded``) to <datasource URL>/api/v1/query_range with
+# query, start, end (unix seconds, shortest float text) and step (seconds), plus ``timeout`` when the
+# datasource sets a query timeout; an instant query posts query and time to /api/v1/query. With GET
+# the same parameters go on the URL. healthcheck.go ("Save & test"): the instant query "1+1" at
+# time.Unix(4, 0); heuristics.go then GETs /api/v1/status/buildinfo.
+
+PROMETHEUS_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def prometheus_range_form(expr: str, start_s: float, end_s: float, step_s: float, *,
+                          timeout: str | None = "30s") -> dict[str, str]:
+    """``Client.QueryRange``'s form body."""
+    form = {"query": expr, "start": f"{start_s:g}" if start_s % 1 else str(int(start_s)),
+            "end": f"{end_s:g}" if end_s % 1 else str(int(end_s)), "step": f"{step_s:g}"}
+    if timeout:
+        form["timeout"] = timeout
+    return form
+
+
+def prometheus_instant_form(expr: str, time_s: float) -> dict[str, str]:
+    """``Client.QueryInstant``'s form body (alert rules, "Instant" queries, Save & test)."""
+    return {"query": expr, "time": f"{time_s:g}" if time_s % 1 else str(int(time_s))}
+
+
+PROMETHEUS_HEALTHCHECK = prometheus_instant_form("1+1", 4)

@@ -13,6 +13,14 @@ acting; :meth:`hang_next` holds N requests for some seconds before acting normal
 the client side); :meth:`lose_next_answer` acts on N requests but answers 503 (the annotation
 exists although the client thinks it failed: Grafana's 200 lost on the way).
 
+With ``app_api=True`` it also serves Grafana 12+'s ``annotation.grafana.app/v0alpha1`` API like
+Grafana does (discovery document at ``/apis/annotation.grafana.app/v0alpha1``; Kubernetes-style
+objects ``{apiVersion, kind, metadata: {name}, spec: {text, time, timeEnd, dashboardUID, panelID,
+tags}}`` created with POST (201; 409 AlreadyExists for a taken name), read with GET by name,
+changed with a ``application/merge-patch+json`` PATCH, removed with DELETE; unknown spec keys are
+refused, as the schema's ``additionalProperties: false`` does). Without it, ``/apis/...`` is 404,
+as on a Grafana that does not offer the new API. Every request is recorded with its answer.
+
 Binds 127.0.0.1 only; ``port=0`` picks a free port. Use as a context manager.
 """
 
@@ -31,8 +39,11 @@ _MIN_EPOCH_MS = 10**12  # 2001-09-09 in ms; an epoch in seconds is far below thi
 
 
 class GrafanaRecorder:
-    def __init__(self, token: str = "test-token", *, port: int = 0) -> None:
+    def __init__(self, token: str = "test-token", *, port: int = 0, app_api: bool = False,
+                 namespace: str = "default") -> None:
         self.token = token
+        self.app_api = app_api
+        self.namespace = namespace
         self.annotations: dict[int, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self.rejections: list[tuple[int, str]] = []
@@ -117,7 +128,7 @@ class GrafanaRecorder:
 
     def creates(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [r for r in self.requests if r["method"] == "POST" and r["status"] == 200]
+            return [r for r in self.requests if r["method"] == "POST" and r["status"] in (200, 201)]
 
     # -- the API ---------------------------------------------------------------------------------
 
@@ -133,7 +144,8 @@ class GrafanaRecorder:
                 self._lose -= 1
                 lose = True
         record: dict[str, Any] = {"method": method, "path": url.path, "query": url.query,
-                                  "authorization": request.headers.get("Authorization"), "body": None}
+                                  "authorization": request.headers.get("Authorization"), "body": None,
+                                  "content_type": request.headers.get("Content-Type")}
         if hang:
             with self._lock:
                 self._hanging.append(method)
@@ -153,8 +165,12 @@ class GrafanaRecorder:
         except ValueError:
             body = None
         record["body"] = body
-        status, answer = self._api(method, url.path, parse_qs(url.query), body)
+        if url.path.startswith("/apis/"):
+            status, answer = self._app_api(method, url.path, body, record["content_type"] or "")
+        else:
+            status, answer = self._api(method, url.path, parse_qs(url.query), body)
         record["status"] = status
+        record["answer"] = answer
         self._record(record)
         if lose:
             return self._send(request, 503, {"message": "answer lost"})
@@ -250,6 +266,99 @@ class GrafanaRecorder:
             found.sort(key=lambda a: -a["time"])
             return 200, found[:limit]
         return 404, {"message": "Not found"}
+
+    # -- annotation.grafana.app/v0alpha1 --------------------------------------------------------
+
+    _GROUP = "/apis/annotation.grafana.app/v0alpha1"
+    _SPEC_KEYS = {"text", "time", "timeEnd", "dashboardUID", "panelID", "tags"}
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> tuple[int, dict[str, Any]]:
+        return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": message, "reason": reason, "code": code}
+
+    def _object(self, a: dict[str, Any]) -> dict[str, Any]:
+        spec = {"text": a["text"], "time": a["time"], "timeEnd": a["timeEnd"], "tags": a["tags"]}
+        if a["dashboardUID"]:
+            spec["dashboardUID"] = a["dashboardUID"]
+        if a["panelId"]:
+            spec["panelID"] = a["panelId"]
+        return {"kind": "Annotation", "apiVersion": "annotation.grafana.app/v0alpha1",
+                "metadata": {"name": a["name"], "namespace": self.namespace, "uid": f"uid-{a['id']}",
+                             "resourceVersion": str(a.get("patches", 0) + a["id"] * 1000),
+                             "creationTimestamp": "2025-01-01T06:00:00Z"},
+                "spec": spec}
+
+    def _check_spec(self, spec: Any, *, partial: bool) -> str | None:
+        if not isinstance(spec, dict):
+            return "spec must be an object"
+        unknown = set(spec) - self._SPEC_KEYS
+        if unknown:
+            return f"spec: unknown field(s) {sorted(unknown)}"
+        legacy = {k: v for k, v in spec.items() if k != "panelID"}
+        if "panelID" in spec:
+            legacy["panelId"] = spec["panelID"]
+        return self._check_fields(legacy, partial=partial)
+
+    def _app_api(self, method: str, path: str, body: Any, content_type: str) -> tuple[int, Any]:
+        if not self.app_api:
+            return 404, {"message": "Not found"}
+        if path.rstrip("/") == self._GROUP and method == "GET":
+            return 200, {"kind": "APIResourceList", "apiVersion": "v1",
+                         "groupVersion": "annotation.grafana.app/v0alpha1",
+                         "resources": [{"name": "annotations", "singularName": "annotation", "namespaced": True,
+                                        "kind": "Annotation",
+                                        "verbs": ["create", "delete", "get", "list", "patch", "update"]}]}
+        prefix = f"{self._GROUP}/namespaces/{self.namespace}/annotations"
+        if not path.startswith(prefix):
+            return self._status(404, "NotFound", f"the server could not find the requested resource ({path})")
+        name = path[len(prefix):].strip("/")
+        with self._lock:
+            found = next((a for a in self.annotations.values() if a.get("name") == name), None) if name else None
+        if not name and method == "POST":
+            if not isinstance(body, dict) or body.get("kind") != "Annotation" \
+                    or body.get("apiVersion") != "annotation.grafana.app/v0alpha1":
+                return self._reject("the body must be an Annotation of annotation.grafana.app/v0alpha1")
+            wanted = (body.get("metadata") or {}).get("name")
+            problem = self._check_spec(body.get("spec"), partial=False)
+            if problem or not isinstance(wanted, str) or not wanted:
+                return self._reject(problem or "metadata.name is required")
+            spec = body["spec"]
+            with self._lock:
+                if any(a.get("name") == wanted for a in self.annotations.values()):
+                    return self._status(409, "AlreadyExists", f'annotations "{wanted}" already exists')
+                annotation_id = self._next_id
+                self._next_id += 1
+                created = self.annotations[annotation_id] = {
+                    "id": annotation_id, "name": wanted, "dashboardUID": spec.get("dashboardUID") or "",
+                    "panelId": spec.get("panelID") or 0, "time": spec["time"],
+                    "timeEnd": spec.get("timeEnd") or spec["time"], "tags": list(spec.get("tags") or []),
+                    "text": spec["text"], "type": "annotation",
+                }
+                return 201, self._object(created)
+        if found is None:
+            return self._status(404, "NotFound", f'annotations "{name}" not found')
+        if method == "GET":
+            with self._lock:
+                return 200, self._object(found)
+        if method == "PATCH":
+            if content_type.split(";")[0].strip() != "application/merge-patch+json":
+                return 415, {"message": f"unsupported media type {content_type!r}"}
+            spec = (body or {}).get("spec") if isinstance(body, dict) else None
+            problem = self._check_spec(spec, partial=True)
+            if problem:
+                return self._reject(problem)
+            with self._lock:
+                for key, value in spec.items():
+                    found["panelId" if key == "panelID" else key] = value
+                found["patches"] = found.get("patches", 0) + 1
+                return 200, self._object(found)
+        if method == "DELETE":
+            with self._lock:
+                self.annotations.pop(found["id"], None)
+                self.deleted.append(found)
+            return 200, self._status(200, "", "deleted")[1] | {"status": "Success"}
+        return 405, {"message": "method not allowed"}
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:

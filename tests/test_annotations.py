@@ -150,3 +150,90 @@ def test_tags_and_text_are_stable(tmp_path):
     assert annotation_tags(episode)[:2] == ["anomaly", "node-cpu"]
     assert annotation_tags(episode)[-1] == f"vigil_episode:{episode_id}"
     assert annotation_text(episode).splitlines()[0] == "Anomaly in node-cpu: instance=web-1,job=node"
+
+
+# -- Grafana 12+/13: the annotation.grafana.app API, discovered, with the legacy API as fallback -----
+
+APP = "/apis/annotation.grafana.app/v0alpha1"
+
+
+def _pairs(recorder):
+    return [(r["method"], r["path"], r["status"]) for r in recorder.requests]
+
+
+def test_new_annotations_api_is_used_when_grafana_offers_it(tmp_path):
+    job = JobSettings(name="node-cpu", query="node_cpu", dashboard_uid="vigil-overview", panel_id=4)
+    with GrafanaRecorder(TOKEN, app_api=True) as grafana:
+        store, episode_id = _store_with_episode(tmp_path)
+        outbox = _outbox(store, grafana, job)
+        assert outbox.drain(10)
+        name = f"vigil-{episode_id}"
+        collection = f"{APP}/namespaces/default/annotations"
+        assert _pairs(grafana) == [("GET", APP, 200), ("GET", f"{collection}/{name}", 404),
+                                   ("POST", collection, 201)]
+        created = grafana.requests[-1]
+        assert created["authorization"] == f"Bearer {TOKEN}"
+        assert created["body"]["apiVersion"] == "annotation.grafana.app/v0alpha1"
+        assert created["body"]["kind"] == "Annotation" and created["body"]["metadata"] == {"name": name}
+        spec = created["body"]["spec"]
+        assert spec["dashboardUID"] == "vigil-overview" and spec["panelID"] == 4  # the dashboard by uid
+        assert spec["time"] == NOW_MS - 600_000 and spec["timeEnd"] == NOW_MS - 60_000
+        assert f"vigil_episode:{episode_id}" in spec["tags"] and "far above the usual" in spec["text"]
+        assert created["answer"]["metadata"]["name"] == name
+        assert store.episode(episode_id).annotation_id == name
+        assert grafana.rejections == []
+
+        # The episode ends: a merge-patch of the same object, never a second one, never the legacy API.
+        with store.transaction() as db:
+            store.update_episode(db, episode_id, {"end_ms": NOW_MS, "last_ms": NOW_MS}, NOW_MS)
+            store.enqueue(db, episode_id, "grafana", NOW_MS)
+        assert outbox.drain(10)
+        patch = grafana.requests[-1]
+        assert (patch["method"], patch["path"], patch["status"]) == ("PATCH", f"{collection}/{name}", 200)
+        assert patch["content_type"] == "application/merge-patch+json"
+        assert patch["body"]["spec"]["timeEnd"] == NOW_MS and "ended" in patch["body"]["spec"]["text"]
+        assert len(grafana.annotations) == 1 and not any(r["path"].startswith("/api/") for r in grafana.requests)
+        assert sum(1 for r in grafana.requests if r["path"] == APP) == 1  # discovered once
+
+
+def test_new_api_create_whose_answer_was_lost_is_found_by_name(tmp_path):
+    with GrafanaRecorder(TOKEN, app_api=True) as grafana:
+        store, episode_id = _store_with_episode(tmp_path)
+        grafana.lose_next_answer(1)  # Grafana stored it, the 201 never reached us
+        assert _outbox(store, grafana).drain(15)
+        assert len(grafana.annotations) == 1
+        assert store.episode(episode_id).annotation_id == f"vigil-{episode_id}"
+        assert "annotation_recovered" in [e["kind"] for e in store.events(episode_id=episode_id)]
+
+
+def test_legacy_api_when_grafana_does_not_offer_the_new_one(tmp_path, grafana):
+    store, episode_id = _store_with_episode(tmp_path)
+    assert _outbox(store, grafana).drain(10)
+    assert _pairs(grafana) == [("GET", APP, 404), ("GET", "/api/annotations", 200), ("POST", "/api/annotations", 200)]
+    assert grafana.requests[-1]["answer"] == {"message": "Annotation added", "id": 1}
+    assert store.episode(episode_id).annotation_id == 1
+
+
+def test_discovery_is_asked_again_after_a_grafana_error(tmp_path):
+    with GrafanaRecorder(TOKEN, app_api=True) as grafana:
+        sink = _sink(grafana)
+        grafana.fail_next(1, 503, method="GET")
+        assert sink.uses_app_api() is False  # unsure: the legacy API for this attempt
+        assert sink.uses_app_api() is True
+        assert sink.uses_app_api() is True
+        assert [r["status"] for r in grafana.requests] == [503, 200]
+
+
+def test_an_annotation_made_on_the_legacy_api_is_finished_there_after_grafana_upgrades(tmp_path, grafana):
+    store, episode_id = _store_with_episode(tmp_path)
+    assert _outbox(store, grafana).drain(10)
+    assert store.episode(episode_id).annotation_id == 1
+    grafana.app_api = True  # Grafana upgraded; the worker restarted (a new sink discovers again)
+    with store.transaction() as db:
+        store.update_episode(db, episode_id, {"end_ms": NOW_MS, "last_ms": NOW_MS}, NOW_MS)
+        store.enqueue(db, episode_id, "grafana", NOW_MS)
+    assert _outbox(store, grafana).drain(10)
+    assert [(r["method"], r["path"]) for r in grafana.requests[-2:]] == [("PATCH", "/api/annotations/1"),
+                                                                       ("GET", "/api/annotations")]
+    assert len(grafana.annotations) == 1 and grafana.annotations[1]["timeEnd"] == NOW_MS
+    assert grafana.deleted == [] and grafana.rejections == []

@@ -177,13 +177,22 @@ def _override(panel: dict[str, Any], pattern: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("panel_id, legend", [(2, "CPU"), (3, "Memory")])
 def test_node_panels_draw_band_points_and_units(panel_id: int, legend: str):
-    """The looks that matter without hand-tuning: band fill, red points, ratio units."""
+    """The looks that matter without hand-tuning: band fill, red points, ratio units; no plugin."""
     panel = _panel("vigil-node", panel_id)
     assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
-    (target,) = panel["targets"]
-    payload = json.loads(target["payload"])
+    targets = {t["legendFormat"]: t for t in panel["targets"]}
     # fillBelowTo needs the exact display name of the lower edge: "<legend> expected low".
-    assert payload["legend"] == legend
+    assert set(targets) == {legend, f"{legend} expected", f"{legend} expected low", f"{legend} expected high",
+                            f"{legend} anomaly"}
+    functions = {name: t["expr"].split("(", 1)[0] for name, t in targets.items()}
+    assert functions[f"{legend} expected low"] == "yhat_lower" and functions[f"{legend} expected high"] == "yhat_upper"
+    assert functions[f"{legend} expected"] == "yhat" and functions[f"{legend} anomaly"] == "anomalies"
+    inner = targets[legend]["expr"]  # the value itself: plain PromQL, passed through to Prometheus
+    for name, target in targets.items():
+        assert target["datasource"] == {"type": "prometheus", "uid": "vigil-prometheus"}
+        if name != legend:
+            assert target["expr"].startswith(f"{functions[name]}({inner}, ")
+            assert '"model=$model"' in target["expr"] and '"sensitivity=$sensitivity"' in target["expr"]
     high = _override(panel, "/ expected high$/")
     assert high["custom.fillBelowTo"] == f"{legend} expected low"
     assert high["custom.fillOpacity"] > 0
@@ -191,8 +200,13 @@ def test_node_panels_draw_band_points_and_units(panel_id: int, legend: str):
     anomaly = _override(panel, "/ anomaly$/")
     assert anomaly["custom.drawStyle"] == "points" and anomaly["color"]["fixedColor"] == "red"
     assert not re.search("/ anomaly$/".strip("/"), f"{legend} anomaly score")
-    assert set(payload["fields"]) == {"value", "yhat", "band", "anomalies"}
-    assert panel["datasource"]["uid"] == "vigil-json"
+    assert panel["datasource"]["uid"] == "vigil-prometheus"
+
+
+def test_no_dashboard_needs_a_frontend_only_or_abandoned_plugin():
+    for path in DASHBOARDS:
+        text = path.read_text()
+        assert "simpod-json-datasource" not in text and "vigil-json" not in text, path.name
 
 
 def test_score_panels_mark_the_threshold_at_one():
@@ -212,15 +226,15 @@ def test_node_dashboard_variable_and_annotations():
     dashboard = _load(next(p for p in DASHBOARDS if p.name == "node-resources.json"))
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     instance = variables["instance"]
-    assert instance["datasource"]["uid"] == "vigil-json"
-    assert instance["query"]["format"] == "json"
-    assert json.loads(instance["query"]["query"]) == {"label": "instance", "query": "node_uname_info"}
+    assert instance["datasource"]["uid"] == "vigil-prometheus"
+    assert instance["query"]["query"] == "label_values(node_uname_info, instance)"
     assert variables["model"]["query"].split(",") == ["auto", "seasonal", "iforest", "ocsvm"]
     annotations = dashboard["annotations"]["list"]
     worker = next(a for a in annotations if a["datasource"]["type"] == "grafana" and a["target"]["type"] == "tags")
     assert worker["target"]["tags"] == ["anomaly"] and worker["enable"]
-    on_demand = [a for a in annotations if a["datasource"]["uid"] == "vigil-json"]
-    assert on_demand and all(json.loads(a["target"]["payload"])["annotations"] is True for a in on_demand)
+    on_demand = [a for a in annotations if a["datasource"]["uid"] == "vigil-prometheus"]
+    assert on_demand and all(a["target"]["expr"].startswith("is_anomaly(") for a in on_demand)
+    assert all(a["step"] == "60s" and a["tagKeys"] == "instance" for a in on_demand)
 
 
 def test_overview_has_alert_list_audit_and_fleet_timeline():

@@ -34,7 +34,7 @@ GRAFANA = "http://127.0.0.1:3000"
 ALERTMANAGER = "http://127.0.0.1:9093"
 HTTP_TIMEOUT_S = 30.0
 ANNOTATION_DEADLINE_S = 300.0
-PLUGINS = ("simpod-json-datasource", "yesoreyeram-infinity-datasource")
+PLUGINS = ("yesoreyeram-infinity-datasource",)
 FRONTEND_ONLY = {"simpod-json-datasource"}
 #: Dashboard variables -> what a person would pick first.
 VARIABLE_VALUES = {"model": "auto", "sensitivity": "medium", "instance": ".+", "namespace": ".+"}

@@ -666,4 +666,4 @@ def test_the_guide_creates_the_secret_the_pods_read() -> None:
         assert key in guide
     for overlay in OVERLAYS[1:]:
         assert f"k8s/{overlay}" in guide
-    assert "http://vigil.vigil.svc:8080/json" in guide
+    assert "http://vigil.vigil.svc:8080/prometheus" in guide  # the plugin-free datasource

@@ -103,3 +103,30 @@ def test_loki_not_configured_is_a_clear_400():
     response = client.post("/api/v1/anomalies", data='{"query": "x", "source": "loki"}')
     assert response.status_code == 400
     assert "Loki is not configured" in response.get_json()["message"]
+
+
+def test_logql_through_the_prometheus_api_gives_the_same_flags(loki_url):
+    """``is_anomaly(<LogQL>, "source=loki")`` on /prometheus: the numbers of /json/query."""
+    settings = Settings().replace(loki={"url": loki_url}, prometheus={"url": "http://127.0.0.1:9"})
+    client = create_app(settings).test_client()
+    last_s = RECORDED["data"]["result"][0]["values"][-1][0]
+    end_ms = (last_s + 1) * 1000
+    body = simpod_query(end_ms - 6 * 3600_000, end_ms, [{"target": LOGQL, "payload": {
+        "source": "loki", "model": "seasonal", "train_window": "2d"}}], interval_ms=300_000)
+    frames = client.post("/json/query", json=body).get_json()
+    expected = {}
+    for frame in frames:
+        fields = {f["name"]: f for f in frame["fields"]}
+        expected[fields["value"]["labels"]["app"]] = {
+            t: flag for t, flag, value in zip(fields["time"]["values"], fields["is_anomaly"]["values"],
+                                              fields["value"]["values"]) if value is not None}
+    query = f'is_anomaly({LOGQL}, "source=loki", "model=seasonal", "train_window=2d")'
+    response = client.post("/prometheus/api/v1/query_range", data={
+        "query": query, "start": str(end_ms // 1000 - 6 * 3600), "end": str(end_ms // 1000), "step": "300"})
+    assert response.status_code == 200, response.get_json()
+    got = {r["metric"]["app"]: {int(t * 1000): int(v) for t, v in r["values"]}
+           for r in response.get_json()["data"]["result"]}
+    assert set(got) == {"api", "worker"}
+    assert got == expected
+    burst_ms = (RECORDED["data"]["result"][0]["values"][-20][0]) * 1000
+    assert got["api"][burst_ms] == 1

@@ -73,7 +73,7 @@ def datasources() -> dict[str, dict[str, Any]]:
 
 def test_datasources_have_fixed_uids_and_the_documented_shape():
     ds = datasources()
-    assert set(ds) == {"prometheus", "loki", "alertmanager", "vigil-json", "vigil-infinity"}
+    assert set(ds) == {"prometheus", "loki", "alertmanager", "vigil-prometheus", "vigil-infinity"}
     for uid, item in ds.items():
         assert {"name", "type", "uid", "access", "url"} <= set(item), uid
         assert item["access"] == "proxy"
@@ -83,8 +83,20 @@ def test_datasources_have_fixed_uids_and_the_documented_shape():
     assert sum(bool(i.get("isDefault")) for i in ds.values()) == 1
 
 
-def test_simpod_datasource_sends_the_bearer_token_from_the_environment():
-    vigil = datasources()["vigil-json"]
+def test_vigil_is_a_builtin_prometheus_datasource_on_its_prometheus_api():
+    """The plugin-free path: Grafana's own Prometheus datasource, bearer token from the environment."""
+    vigil = datasources()["vigil-prometheus"]
+    assert vigil["type"] == "prometheus"
+    assert vigil["url"].endswith("/prometheus")
+    assert vigil["jsonData"]["httpMethod"] == "POST"
+    assert vigil["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert expand(vigil["secureJsonData"]["httpHeaderValue1"], {"VIGIL_SERVER_TOKEN": "s3cret"}) == "Bearer s3cret"
+    assert vigil["jsonData"]["timeout"] >= 30
+    assert vigil["jsonData"]["manageAlerts"] is False, "Vigil serves no ruler API"
+
+
+def test_simpod_datasource_is_legacy_and_opt_in():
+    (vigil,) = load(ROOT / "grafana" / "optional" / "datasources" / "vigil-simpod.yaml")["datasources"]
     assert vigil["type"] == "simpod-json-datasource"
     assert vigil["url"].endswith("/json")
     assert vigil["jsonData"]["httpHeaderName1"] == "Authorization"
@@ -99,7 +111,7 @@ def test_infinity_datasource_uses_bearer_auth_and_allows_only_the_service():
     assert infinity["jsonData"]["auth_method"] == "bearerToken"
     assert expand(infinity["secureJsonData"]["bearerToken"], {"VIGIL_SERVER_TOKEN": "s3cret"}) == "s3cret"
     assert infinity["jsonData"]["allowedHosts"] == [infinity["url"]]
-    assert infinity["url"].split("/")[2] == datasources()["vigil-json"]["url"].split("/")[2]
+    assert infinity["url"].split("/")[2] == datasources()["vigil-prometheus"]["url"].split("/")[2]
 
 
 def test_no_secret_is_written_in_provisioning():
@@ -177,27 +189,21 @@ def test_rules_have_the_documented_shape():
     assert len(seen) >= 2
 
 
-def test_one_rule_reads_vigil_through_infinity_and_one_reads_the_score_from_prometheus():
-    infinity_rules = [r for r in rules() if any(d["datasourceUid"] == "vigil-infinity" for d in r["data"])]
-    assert infinity_rules
-    for rule in infinity_rules:
-        queries = [d["model"] for d in rule["data"] if d["datasourceUid"] == "vigil-infinity"]
-        for model in queries:
-            assert model["parser"] == "backend", "only the backend parser works in alert rules"
-            assert model["format"] == "timeseries", "one series per label value"
-            assert model["url"] == "/api/v1/anomalies" and model["url_options"]["method"] == "POST"
-            body = model["url_options"]["data"]
-            # Infinity fills these macros in on the server; provisioning leaves query models alone.
-            assert "${__timeFrom}" in body and "${__timeTo}" in body
-            parsed = json.loads(body.replace("${__timeFrom}", "1").replace("${__timeTo}", "2"))
-            assert parsed["latest"] is True and parsed["step"]
-            columns = {c["selector"]: c["type"] for c in model["columns"]}
-            assert columns["time"] == "timestamp_epoch" and columns["series"] == "string"
-            assert len([t for t in columns.values() if t == "number"]) == 1, "one number per query: no duplicate series"
+def test_anomaly_rules_read_vigil_through_its_prometheus_api_and_one_reads_the_worker_score():
+    anomaly_rules = [r for r in rules() if any(d["datasourceUid"] == "vigil-prometheus" for d in r["data"])]
+    assert len(anomaly_rules) >= 2
+    for rule in anomaly_rules:
+        assert not any(d["datasourceUid"] == "vigil-infinity" for d in rule["data"]), "no plugin in alert rules"
+        for item in rule["data"]:
+            if item["datasourceUid"] != "vigil-prometheus":
+                continue
+            model = item["model"]
+            assert model["datasource"] == {"type": "prometheus", "uid": "vigil-prometheus"}
+            assert model["instant"] is True and model["range"] is False, "the newest point of each series"
         condition = next(d for d in rule["data"] if d["refId"] == rule["condition"])["model"]
         reduced = next(d for d in rule["data"] if d["refId"] == condition["expression"])["model"]
         source = next(d for d in rule["data"] if d["refId"] == reduced["expression"])["model"]
-        assert [c["selector"] for c in source["columns"]][-1] == "is_anomaly", "fire on the episode flag (hysteresis)"
+        assert source["expr"].startswith("is_anomaly("), "fire on the episode flag (hysteresis)"
         assert rule["for"] != "0s"
     prometheus_rules = [r for r in rules() if any("vigil_anomaly_score" in d["model"].get("expr", "") for d in r["data"])]
     assert prometheus_rules
@@ -205,13 +211,13 @@ def test_one_rule_reads_vigil_through_infinity_and_one_reads_the_score_from_prom
 
 def test_rule_messages_explain_the_anomaly():
     for rule in rules():
-        if not any(d["datasourceUid"] == "vigil-infinity" for d in rule["data"]):
+        if not any(d["datasourceUid"] == "vigil-prometheus" for d in rule["data"]):
             continue
         text = rule["annotations"]["summary"] + rule["annotations"]["description"]
         for ref in ("VALUE", "EXPECTED", "SCORE"):
             assert f"$values.{ref}.Value" in text
             assert ref in {d["refId"] for d in rule["data"]}
-        assert "$labels.series" in text
+        assert "$labels.instance" in text
         assert rule["dashboardUid"] and rule["panelId"], "a link to the panel"
 
 

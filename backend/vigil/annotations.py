@@ -5,6 +5,13 @@ idempotent create: every annotation carries the tag ``vigil_episode:<episode id>
 creating one, the sink looks for an existing annotation with that tag. A worker killed between
 Grafana's 200 and our commit of the id therefore never makes a second annotation.
 
+Grafana 12+ may offer the new ``annotation.grafana.app`` API (``annotation_api.py``): the sink
+asks once whether it does and then writes there, addressing dashboards by uid, with the
+annotation's name (``vigil-<episode id>``) as its idempotence key; otherwise, or while Grafana
+cannot say, it writes through the legacy ``/api/annotations``. An annotation id is an ``int`` on
+the legacy API and the object's name (``str``) on the new one, so an update goes where the
+annotation was made.
+
 Must not: decide when to deliver (that is ``outbox.py``) or log the token (it lives in a
 ``Secret`` and in the client's auth object only).
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .annotation_api import AppAnnotations, annotation_name
 from .audit import StoredEpisode
 from .config import GrafanaSettings, JobSettings
 from .display import format_span, format_value, states_the_numbers
@@ -61,10 +69,13 @@ class GrafanaSink:
 
     name = "grafana"
 
-    def __init__(self, settings: GrafanaSettings, *, api: Any = None) -> None:
+    def __init__(self, settings: GrafanaSettings, *, api: Any = None, app_api: AppAnnotations | None = None) -> None:
         if not settings.url:
             raise ValueError("The 'url' parameter of GrafanaSink must be set. Got None instead.")
         self.settings = settings
+        self.app_api = app_api or AppAnnotations(settings)
+        #: whether Grafana offers the new annotations API; None until it has said so
+        self._app_offered: bool | None = None
         if api is None:
             from grafana_client import GrafanaApi, TokenAuth
 
@@ -83,30 +94,57 @@ class GrafanaSink:
     def request_timeout_s(self) -> float:
         return self.settings.request_timeout_s
 
-    def find_all(self, episode: StoredEpisode) -> list[int]:
+    def uses_app_api(self) -> bool:
+        """Whether annotations go through ``annotation.grafana.app`` (asked once; legacy while unsure)."""
+        if self._app_offered is None:
+            offered = self.app_api.offered()
+            if offered is None:
+                return False  # Grafana is failing: the legacy API is the safe choice for this attempt
+            self._app_offered = offered
+        return self._app_offered
+
+    def find_all(self, episode: StoredEpisode) -> list[Any]:
         """Ids of every annotation carrying this episode's tag, oldest first."""
+        if self.uses_app_api():
+            name = annotation_name(episode.id)
+            return [name] if self.app_api.get(name) is not None else []
+        return self._legacy_find_all(episode)
+
+    def _legacy_find_all(self, episode: StoredEpisode) -> list[int]:
         tag = episode_tag(episode.id)
         found = self.api.annotations.find_annotations(tags=[tag], ann_type="annotation", limit=100)
         return sorted(int(item["id"]) for item in found or [] if tag in (item.get("tags") or []))
 
-    def find(self, episode: StoredEpisode) -> int | None:
+    def find(self, episode: StoredEpisode) -> Any:
         """The id of the annotation already made for this episode, if any (the oldest one)."""
         ids = self.find_all(episode)
         return ids[0] if ids else None
 
-    def remove_duplicates(self, annotation_id: int, episode: StoredEpisode) -> list[int]:
+    def remove_duplicates(self, annotation_id: Any, episode: StoredEpisode) -> list[Any]:
         """Delete any other annotation with this episode's tag; returns the ids deleted.
 
         Only a Grafana that completes a create long after our request timed out (and after the
-        retry looked for it) can leave one; the episode's final update cleans it up.
+        retry looked for it) can leave one; the episode's final update cleans it up. On the new
+        API the name is unique, so there is none.
         """
-        extra = [i for i in self.find_all(episode) if i != annotation_id]
+        if isinstance(annotation_id, str):
+            return []
+        # Made through the legacy API (even if Grafana has offered the new one since): look there.
+        extra = [i for i in self._legacy_find_all(episode) if i != annotation_id]
         for other in extra:
             self.api.annotations.delete_annotations_by_id(other)
         return extra
 
-    def create(self, episode: StoredEpisode, job: JobSettings | None) -> int:
+    def create(self, episode: StoredEpisode, job: JobSettings | None) -> Any:
         time_ms, time_end_ms = self.region(episode)
+        if self.uses_app_api():
+            spec: dict[str, Any] = {"text": annotation_text(episode), "time": time_ms, "timeEnd": time_end_ms,
+                                    "tags": annotation_tags(episode, job)}
+            if job and job.dashboard_uid:
+                spec["dashboardUID"] = job.dashboard_uid
+                if job.panel_id is not None:
+                    spec["panelID"] = job.panel_id
+            return self.app_api.create(annotation_name(episode.id), spec)
         answer = self.api.annotations.add_annotation(
             dashboard_uid=job.dashboard_uid if job else None,
             panel_id=job.panel_id if job and job.dashboard_uid else None,
@@ -115,19 +153,23 @@ class GrafanaSink:
         )
         return int(answer["id"])
 
-    def find_or_create(self, episode: StoredEpisode, job: JobSettings | None) -> tuple[int, bool]:
+    def find_or_create(self, episode: StoredEpisode, job: JobSettings | None) -> tuple[Any, bool]:
         """``(annotation id, created)``: looks for the episode's tag first (idempotence)."""
         existing = self.find(episode)
         if existing is not None:
             return existing, False
         return self.create(episode, job), True
 
-    def update(self, annotation_id: int, episode: StoredEpisode, job: JobSettings | None) -> list[int]:
+    def update(self, annotation_id: Any, episode: StoredEpisode, job: JobSettings | None) -> list[Any]:
         """PATCH the region, text and tags (all of them: a PATCH with empty tags would wipe them).
 
         On the final update (the episode has ended) also removes duplicates; returns their ids.
         """
         time_ms, time_end_ms = self.region(episode)
+        if isinstance(annotation_id, str):  # made through the new API: its name
+            self.app_api.update(annotation_id, {"text": annotation_text(episode), "time": time_ms,
+                                                "timeEnd": time_end_ms, "tags": annotation_tags(episode, job)})
+            return []
         self.api.annotations.partial_update_annotation(
             annotation_id, time_from=time_ms, time_to=time_end_ms,
             tags=annotation_tags(episode, job), text=annotation_text(episode),

@@ -130,7 +130,7 @@ class StoredEpisode:
     model: str
     unit: str | None
     severity: str
-    annotation_id: int | None
+    annotation_id: int | str | None
     alert_state: str
     alert_sent_ms: int | None
     created_ms: int

@@ -128,6 +128,8 @@ class GrafanaSettings:
     token: Secret | None = field(default=None, metadata=_meta("service-account token", secret=True))
     public_url: str | None = field(default=None, metadata=_meta("base of links in alerts; defaults to url"))
     request_timeout_s: float = 10.0
+    namespace: str = field(default="default", metadata=_meta(
+        "the organisation's namespace in the new annotations API: default (org 1), org-<id>, stacks-<id>"))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ..prometheus import LokiClient, PrometheusClient
 from .health import health_blueprint
 from .infinity import infinity_blueprint
 from .json_datasource import json_datasource_blueprint
+from .prometheus_api import prometheus_api_blueprint
 
 __all__ = ["create_app"]
 
@@ -51,6 +52,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(health_blueprint(settings))
     app.register_blueprint(json_datasource_blueprint(settings), url_prefix="/json")
     app.register_blueprint(infinity_blueprint(settings), url_prefix="/api/v1")
+    app.register_blueprint(prometheus_api_blueprint(settings), url_prefix="/prometheus")
     try:  # the audit table is served when the worker's audit module is installed
         audit = importlib.import_module("vigil.http.audit")
     except ModuleNotFoundError:

@@ -1,0 +1,324 @@
+"""A Prometheus-compatible query API under ``/prometheus``, for Grafana's built-in Prometheus datasource.
+
+Datasource URL ``http://vigil:8080/prometheus``: no community plugin. ``/api/v1/query_range`` and
+``/api/v1/query`` (GET, and form-encoded POST as Grafana sends them by default) answer the
+anomaly functions of :mod:`vigil.promql_functions` (``anomaly_score(<PromQL>)``, ``is_anomaly``,
+``yhat``, ``yhat_lower``, ``yhat_upper``, ``anomalies``) from the same pipeline and models as
+``/json/query`` and ``/api/v1/anomalies``; plain PromQL goes to Prometheus unchanged. The label
+and metadata endpoints the query editor calls are relayed to Prometheus (label names validated,
+fixed paths only). Checked against Grafana's ``pkg/promlib`` (``client/client.go``,
+``healthcheck.go``, ``heuristics.go``, ``resource/resource.go``; main branch, Grafana 12.x).
+
+Every answer is in Prometheus' envelope ``{status, data, errorType, error, warnings}``; errors
+are mapped once, in :func:`_envelope_error`. Options go inside the function as string arguments
+(``anomaly_score(x, "model=seasonal", "sensitivity=low", "train_window=14d")``; ``"source=loki"``
+scores a LogQL metric query); the same names as query parameters (a datasource's custom query parameters) are refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..config import LABEL_NAME, Settings
+from ..errors import BadRequest, NotFound, QueryError, Unauthorized, UpstreamError, UpstreamTimeout, VigilError
+from ..passthrough import forward
+from ..pipeline import Detection, DetectionResult, Query, ScoredSeries
+from ..promql_functions import OPTION_NAMES, AnomalyCall, parse_anomaly_call
+from ..units import parse_duration_s, parse_instant_ms
+from .auth import require_token
+from .body import detection_options
+
+__all__ = ["prometheus_api_blueprint", "INSTANT_STEP_S", "INSTANT_VIEW_S", "LOOKBACK_S"]
+
+log = logging.getLogger("vigil.http")
+
+#: An instant query scores the last point of this view at this step (Prometheus' default
+#: lookback is 5 minutes: a point older than that is not "now").
+INSTANT_STEP_S = 60.0
+INSTANT_VIEW_S = 3600.0
+LOOKBACK_S = 300.0
+
+#: Prometheus' own limit: a range query may return at most this many points per series.
+_MAX_POINTS = 11_000
+
+
+def prometheus_api_blueprint(settings: Settings) -> Blueprint:
+    bp = Blueprint("prometheus_api", __name__)
+
+    @bp.before_request
+    def authenticate() -> None:
+        require_token(settings.server.token)
+
+    def detection() -> Detection:
+        return current_app.extensions["vigil.detection"]
+
+    @bp.route("/api/v1/query_range", methods=["GET", "POST"])
+    def query_range():
+        text = _query_text()
+        call = _parse(text)
+        if call is None:
+            return _relay("/api/v1/query_range")
+        start_ms = _time_ms("start")
+        end_ms = _time_ms("end")
+        step_s = _step_s()
+        if end_ms < start_ms:
+            raise BadRequest("end timestamp must not be before start time")
+        if (end_ms - start_ms) / 1000.0 / step_s > _MAX_POINTS:
+            raise BadRequest(f"exceeded maximum resolution of {_MAX_POINTS:,} points per timeseries. "
+                             "Try decreasing the query resolution (?step=XX)")
+        if end_ms == start_ms:  # one point asked for: score it like an instant query
+            return _success("matrix", *_instant(detection(), settings, call, end_ms, as_matrix=True))
+        result = _run(detection(), settings, call, start_ms, end_ms, step_s)
+        return _success("matrix", _matrix(call, result), result.notices)
+
+    @bp.route("/api/v1/query", methods=["GET", "POST"])
+    def query():
+        text = _query_text()
+        call = _parse(text)
+        if call is None:
+            return _relay("/api/v1/query")
+        at_ms = _time_ms("time", default_now=True)
+        return _success("vector", *_instant(detection(), settings, call, at_ms, as_matrix=False))
+
+    @bp.route("/api/v1/query_exemplars", methods=["GET", "POST"])
+    def query_exemplars():
+        if _parse(_query_text()) is None:
+            return _relay("/api/v1/query_exemplars")
+        return jsonify({"status": "success", "data": []})  # scores have no exemplars
+
+    @bp.route("/api/v1/format_query", methods=["GET", "POST"])
+    def format_query():
+        text = _query_text()
+        if _parse(text) is None:
+            return _relay("/api/v1/format_query")
+        return jsonify({"status": "success", "data": text.strip()})
+
+    @bp.route("/api/v1/labels", methods=["GET", "POST"])
+    def labels():
+        return _relay("/api/v1/labels")
+
+    @bp.route("/api/v1/series", methods=["GET", "POST"])
+    def series():
+        return _relay("/api/v1/series")
+
+    @bp.route("/api/v1/label/<name>/values", methods=["GET"])
+    def label_values(name: str):
+        if not LABEL_NAME.match(name):
+            raise BadRequest(f"invalid label name: {name!r}; a label name matches [a-zA-Z_][a-zA-Z0-9_]*")
+        return _relay(f"/api/v1/label/{name}/values", method="GET")
+
+    @bp.route("/api/v1/metadata", methods=["GET"])
+    def metadata():
+        return _relay("/api/v1/metadata", method="GET")
+
+    @bp.route("/api/v1/status/buildinfo", methods=["GET"])
+    def buildinfo():
+        upstream = forward(detection().prometheus, "GET", "/api/v1/status/buildinfo", [])
+        try:
+            body = json.loads(upstream.body)
+        except ValueError:
+            raise UpstreamError(f"Prometheus answered buildinfo with HTTP {upstream.status} and no JSON") from None
+        if upstream.status == 200 and isinstance(body, dict) and isinstance(body.get("data"), dict):
+            # No "features": Grafana would take us for Mimir and call a ruler API we do not serve.
+            body["data"].pop("features", None)
+        return jsonify(body), upstream.status
+
+    @bp.route("/api/v1/<path:rest>", methods=["GET", "POST"])
+    def unknown(rest: str):
+        raise NotFound(f"Vigil's Prometheus API does not serve /api/v1/{rest}; it serves query, query_range, "
+                       "query_exemplars, format_query, labels, label/<name>/values, series, metadata and "
+                       "status/buildinfo")
+
+    @bp.errorhandler(VigilError)
+    def vigil_error(exc: VigilError):
+        return _envelope_error(exc)
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _envelope_error(BadRequest(f"{request.method} {request.path}: {exc.description}"), exc.code)
+
+    return bp
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+def _query_text() -> str:
+    refused = sorted(set(request.values) & set(OPTION_NAMES))
+    if refused:
+        raise BadRequest(f"{', '.join(refused)} must be given inside the anomaly function, as in "
+                         f"anomaly_score(<PromQL>, \"{refused[0]}=...\"), not as a query parameter "
+                         "(remove it from the datasource's custom query parameters)")
+    text = request.values.get("query", "")
+    if not text.strip():
+        raise BadRequest('invalid parameter "query": the query is empty')
+    return text
+
+
+def _parse(text: str) -> AnomalyCall | None:
+    try:
+        return parse_anomaly_call(text)
+    except ValueError as exc:
+        raise BadRequest(f"invalid parameter \"query\": {exc}") from None
+
+
+def _time_ms(name: str, *, default_now: bool = False) -> int:
+    raw = request.values.get(name, "")
+    if not raw.strip():
+        if default_now:
+            return parse_instant_ms("now")
+        raise BadRequest(f'invalid parameter "{name}": a time is required (unix seconds or RFC 3339)')
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    try:
+        # Prometheus reads a number as unix SECONDS, however large.
+        return int(round(value * 1000)) if value is not None else parse_instant_ms(raw)
+    except (ValueError, OverflowError):
+        raise BadRequest(f'invalid parameter "{name}": cannot parse {raw!r} to a valid timestamp') from None
+
+
+def _step_s() -> float:
+    raw = request.values.get("step", "")
+    try:
+        step_s = parse_duration_s(raw)
+    except ValueError:
+        raise BadRequest(f'invalid parameter "step": cannot parse {raw!r} to a valid duration') from None
+    if not (step_s > 0 and math.isfinite(step_s)):
+        raise BadRequest("zero or negative query resolution step widths are not accepted. Try a positive integer")
+    return step_s
+
+
+def _relay(path: str, *, method: str | None = None) -> Response:
+    """Plain PromQL and metadata calls: Prometheus' own answer, status and envelope included."""
+    params = [(k, v) for k, values in request.values.lists() for v in values]
+    upstream = forward(current_app.extensions["vigil.detection"].prometheus, method or request.method, path, params)
+    return Response(upstream.body, status=upstream.status, content_type=upstream.content_type)
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+def _run(detection: Detection, settings: Settings, call: AnomalyCall, start_ms: int, end_ms: int,
+         step_s: float) -> DetectionResult:
+    where = f"{call.function}(...)"
+    opts = detection_options(call.options, settings, where)
+    return detection.run(Query(
+        expr=call.inner, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
+        train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source, ref_id=call.function,
+        fit_budget_s=settings.detection.fit_budget_s))
+
+
+def _values(function: str, s: ScoredSeries) -> np.ndarray:
+    """The function's value per point; NaN where it has none (no sample is written there)."""
+    present = np.isfinite(s.values)
+    if function == "anomaly_score":
+        return s.scores.anomaly_score
+    if function == "is_anomaly":
+        return np.where(present, s.is_anomaly.astype(np.float64), np.nan)
+    if function == "anomalies":
+        return np.where(s.is_anomaly == 1, s.values, np.nan)
+    return getattr(s.scores, function)
+
+
+def _metric(s: ScoredSeries) -> dict[str, str]:
+    # Like every PromQL function that changes the value, the metric name is dropped.
+    return {k: v for k, v in s.labels.items() if k != "__name__"}
+
+
+def _matrix(call: AnomalyCall, result: DetectionResult) -> list[dict[str, Any]]:
+    out = []
+    for s in result.series:
+        values = _values(call.function, s)
+        keep = np.isfinite(values)
+        if keep.any():
+            out.append({"metric": _metric(s), "values": [[_timestamp(t), _sample(v)] for t, v in
+                                                         zip(s.times_ms[keep].tolist(), values[keep].tolist())]})
+    _unique_labels(out)
+    return out
+
+
+def _instant(detection: Detection, settings: Settings, call: AnomalyCall, at_ms: int, *,
+             as_matrix: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The score of the last point at or before ``at_ms`` (within the 5-minute lookback)."""
+    start_ms = at_ms - int(INSTANT_VIEW_S * 1000)
+    result = _run(detection, settings, call, start_ms, at_ms, INSTANT_STEP_S)
+    out = []
+    for s in result.series:
+        values = _values(call.function, s)
+        recent = (s.times_ms <= at_ms) & (s.times_ms >= at_ms - int(LOOKBACK_S * 1000)) & np.isfinite(s.values)
+        if not recent.any():
+            continue
+        last = int(np.flatnonzero(recent)[-1])
+        if not math.isfinite(values[last]):
+            continue
+        sample = [_timestamp(at_ms), _sample(float(values[last]))]
+        out.append({"metric": _metric(s), "values": [sample]} if as_matrix else {"metric": _metric(s), "value": sample})
+    _unique_labels(out)
+    return out, result.notices
+
+
+def _unique_labels(series: list[dict[str, Any]]) -> None:
+    seen: set[tuple] = set()
+    for item in series:
+        key = tuple(sorted(item["metric"].items()))
+        if key in seen:
+            raise QueryError("vector cannot contain metrics with the same labelset: the inner expression's series "
+                             "differ only by their metric name; aggregate it or filter it by __name__")
+        seen.add(key)
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+def _timestamp(time_ms: int) -> int | float:
+    return time_ms // 1000 if time_ms % 1000 == 0 else time_ms / 1000.0
+
+
+def _sample(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _success(result_type: str, result: list[dict[str, Any]], warnings: list[str] | None = None):
+    body: dict[str, Any] = {"status": "success", "data": {"resultType": result_type, "result": result}}
+    if warnings:
+        body["warnings"] = list(warnings)
+    return jsonify(body)
+
+
+#: Our errors as Prometheus' errorType and status (web/api/v1/api.go).
+_ERROR_TYPES: list[tuple[type[VigilError], str, int]] = [
+    (BadRequest, "bad_data", 400),
+    (Unauthorized, "unauthorized", 401),
+    (NotFound, "not_found", 404),
+    (QueryError, "execution", 422),
+    (UpstreamTimeout, "timeout", 503),
+    (UpstreamError, "internal", 502),
+]
+
+
+def _envelope_error(exc: VigilError, status: int | None = None):
+    error_type, http_status = "unavailable", 503
+    for kind, name, code in _ERROR_TYPES:
+        if isinstance(exc, kind):
+            error_type, http_status = name, code
+            break
+    if isinstance(exc, QueryError) and "bad_data" in exc.message:
+        error_type, http_status = "bad_data", 400  # Prometheus could not parse the inner PromQL
+    if type(exc) is VigilError:
+        error_type, http_status = "internal", exc.http_status
+    level = logging.WARNING if http_status < 500 else logging.ERROR
+    log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message, "path": request.path})
+    body = {"status": "error", "errorType": error_type, "error": exc.message}
+    return jsonify(body), status or http_status

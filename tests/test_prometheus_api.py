@@ -1,0 +1,292 @@
+"""Vigil's Prometheus-compatible API (``/prometheus``) with the request shapes Grafana's built-in
+Prometheus datasource sends (grafana/grafana ``pkg/promlib/client/client.go``,
+``healthcheck.go``, ``heuristics.go``), with promtool as an independent client, on real Prometheus data.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from grafana_bodies import (PROMETHEUS_FORM, PROMETHEUS_HEALTHCHECK, prometheus_instant_form, prometheus_range_form,
+                            simpod_query)
+from realstack import require_binary, wait_for
+from vigil.config import Settings
+from vigil.http.app import create_app
+
+pytestmark = pytest.mark.real
+
+VIEW_H = 12
+STEP_S = 60
+FORM = PROMETHEUS_FORM
+
+
+def view_s(seeded):
+    end_s = seeded.end_ms // 1000
+    return end_s - VIEW_H * 3600, end_s
+
+
+def grafana_range(client, expr, start_s, end_s, step_s=STEP_S, **extra):
+    """``QueryRange`` as Grafana sends it with the default ``httpMethod: POST``: a form body."""
+    form = {**prometheus_range_form(expr, start_s, end_s, step_s), **extra}
+    return client.post("/prometheus/api/v1/query_range", data=form, headers=FORM)
+
+
+def by_instance(result):
+    return {item["metric"]["instance"]: item for item in result}
+
+
+def in_events(times_ms, events):
+    t = np.asarray(times_ms)
+    mask = np.zeros(t.size, bool)
+    for start, end in events:
+        mask |= (t >= start) & (t <= end)
+    return mask
+
+
+@pytest.fixture(scope="module")
+def served(service_app):
+    """The session app on a real socket, for promtool."""
+    server = make_server("127.0.0.1", 0, service_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/prometheus"
+    finally:
+        server.shutdown()
+
+
+# -- Save & test, heuristics, the query editor ----------------------------------------------------
+
+def test_save_and_test_is_grafanas_instant_1_plus_1(client):
+    # healthcheck.go: Expr "1+1", Instant, evaluated at time.Unix(4, 0): QueryInstant sends time=4.
+    for response in (client.post("/prometheus/api/v1/query", data=PROMETHEUS_HEALTHCHECK, headers=FORM),
+                     client.get("/prometheus/api/v1/query?query=1%2B1&time=4")):
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body = response.get_json()
+        assert body["status"] == "success" and body["data"]["resultType"] == "scalar"
+        assert body["data"]["result"][1] == "2"
+
+
+def test_buildinfo_says_prometheus_without_features(client):
+    body = client.get("/prometheus/api/v1/status/buildinfo").get_json()
+    assert body["status"] == "success" and body["data"]["version"]
+    assert "features" not in body["data"]  # heuristics.go: features present would mean Mimir + ruler API
+
+
+def test_label_and_metadata_calls_of_the_query_editor(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    labels = client.post("/prometheus/api/v1/labels", data={"start": start_s, "end": end_s}, headers=FORM).get_json()
+    assert labels["status"] == "success" and {"instance", "job", "__name__"} <= set(labels["data"])
+    values = client.get(f"/prometheus/api/v1/label/instance/values?match[]={seeded_prometheus.metric}"
+                        f"&start={start_s}&end={end_s}").get_json()
+    assert sorted(values["data"]) == ["quiet", "shifted", "spiky"]
+    names = client.get("/prometheus/api/v1/label/__name__/values").get_json()["data"]
+    assert seeded_prometheus.metric in names
+    series = client.post("/prometheus/api/v1/series", headers=FORM,
+                         data={"match[]": f'{seeded_prometheus.metric}{{instance="spiky"}}',
+                               "start": start_s, "end": end_s}).get_json()
+    assert series["data"] == [{"__name__": seeded_prometheus.metric, "instance": "spiky", "job": seeded_prometheus.job}]
+    metadata = client.get("/prometheus/api/v1/metadata?limit=10").get_json()
+    assert metadata["status"] == "success" and isinstance(metadata["data"], dict)
+
+
+# -- anomaly functions -----------------------------------------------------------------------------
+
+def test_anomaly_score_gives_the_same_numbers_as_json_query(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    for model in ("seasonal", "iforest"):
+        expr = f'anomaly_score({seeded_prometheus.metric}, "model={model}")'
+        # A learned model that misses a panel's fit budget is trained in the background (the
+        # answer says so in "warnings"): wait until every series has its own cached model.
+        wait_for(lambda: not any("train in the background" in w for w in
+                                 grafana_range(client, expr, start_s, end_s).get_json().get("warnings", [])),
+                 deadline_s=120, what=f"{model} models to be trained and cached")
+        body = simpod_query(start_s * 1000, end_s * 1000,
+                            [{"target": seeded_prometheus.metric, "payload": {"model": model}}],
+                            interval_ms=STEP_S * 1000, max_data_points=VIEW_H * 60)
+        frames = client.post("/json/query", json=body).get_json()
+        expected = {}
+        for frame in frames:
+            fields = {f["name"]: f for f in frame["fields"]}
+            instance = fields["value"]["labels"]["instance"]
+            expected[instance] = {t: v for t, v in zip(fields["time"]["values"], fields["anomaly_score"]["values"])
+                                  if v is not None}
+        response = grafana_range(client, expr, start_s, end_s)
+        assert response.status_code == 200, response.get_json()
+        got = by_instance(response.get_json()["data"]["result"])
+        assert set(got) == set(expected) == {"spiky", "shifted", "quiet"}
+        for instance, item in got.items():
+            assert item["metric"] == {"instance": instance, "job": seeded_prometheus.job}  # __name__ dropped
+            scores = {int(t * 1000): float(v) for t, v in item["values"]}
+            assert scores == expected[instance], f"{model} {instance}"
+
+
+def test_planted_anomalies_are_flagged_and_anomalies_keeps_only_them(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = seeded_prometheus.metric
+    flags = by_instance(grafana_range(client, f"is_anomaly({expr})", start_s, end_s).get_json()["data"]["result"])
+    spiky = flags["spiky"]["values"]
+    times_ms = [int(t * 1000) for t, _ in spiky]
+    flagged = np.array([v == "1" for _, v in spiky])
+    assert set(v for _, v in spiky) <= {"0", "1"}
+    assert flagged[in_events(times_ms, seeded_prometheus.events_ms["spiky"])].any(), "planted spike not flagged"
+    assert sum(v == "1" for _, v in flags["quiet"]["values"]) <= 10
+    points = by_instance(grafana_range(client, f"anomalies({expr})", start_s, end_s).get_json()["data"]["result"])
+    raw = grafana_range(client, f'{expr}{{instance="spiky"}}', start_s, end_s).get_json()["data"]["result"][0]
+    raw_values = {t: v for t, v in raw["values"]}
+    flagged_times = {t for t, v in spiky if v == "1"}
+    assert {t for t, _ in points["spiky"]["values"]} == flagged_times
+    assert all(float(raw_values[t]) == float(v) for t, v in points["spiky"]["values"])
+
+
+def test_band_functions_enclose_yhat(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'sum by (instance) ({seeded_prometheus.metric}{{instance=~"quiet|spiky"}})'
+    got = {}
+    for fn in ("yhat_lower", "yhat", "yhat_upper"):
+        response = grafana_range(client, f'{fn}({expr}, "model=seasonal", "sensitivity=low", "train_window=3d")',
+                                 start_s, end_s)
+        assert response.status_code == 200, response.get_json()
+        got[fn] = {i["metric"]["instance"]: np.array([float(v) for _, v in i["values"]])
+                   for i in response.get_json()["data"]["result"]}
+    for instance in ("quiet", "spiky"):
+        assert (got["yhat_lower"][instance] <= got["yhat"][instance]).all()
+        assert (got["yhat"][instance] <= got["yhat_upper"][instance]).all()
+
+
+def test_instant_query_scores_the_last_point(client, seeded_prometheus):
+    at_s = seeded_prometheus.end_ms // 1000
+    expr = f'anomaly_score({seeded_prometheus.metric}, "model=seasonal")'
+    response = client.post("/prometheus/api/v1/query", data=prometheus_instant_form(expr, at_s), headers=FORM)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["data"]["resultType"] == "vector"
+    vector = by_instance(body["data"]["result"])
+    window = grafana_range(client, expr, at_s - 3600, at_s).get_json()["data"]["result"]
+    for instance, item in by_instance(window).items():
+        assert vector[instance]["value"] == [at_s, item["values"][-1][1]]
+
+
+def test_get_requests_and_interpolated_grafana_variables(client, seeded_prometheus):
+    """httpMethod GET puts the same parameters on the URL; $__rate_interval arrives filled in."""
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'anomaly_score(avg by (instance) (avg_over_time({seeded_prometheus.metric}{{instance=~"spiky|quiet"}}[4m])))'
+    response = client.get("/prometheus/api/v1/query_range", query_string={
+        "query": expr, "start": start_s, "end": end_s, "step": "60", "timeout": "30s"})
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()["data"]["result"]
+    assert sorted(r["metric"]["instance"] for r in result) == ["quiet", "spiky"]
+    assert all(len(r["values"]) > VIEW_H * 50 for r in result)
+
+
+def test_alert_rule_instant_query_and_refused_custom_query_parameters(client, seeded_prometheus):
+    at_s = seeded_prometheus.end_ms // 1000
+    # Grafana alerting evaluates an instant query (QueryInstant: query and time only).
+    form = prometheus_instant_form(f"is_anomaly({seeded_prometheus.metric})", at_s)
+    vector = client.post("/prometheus/api/v1/query", data=form, headers=FORM).get_json()["data"]["result"]
+    assert sorted(v["metric"]["instance"] for v in vector) == ["quiet", "shifted", "spiky"]
+    assert all(v["value"][0] == at_s and v["value"][1] in ("0", "1") for v in vector)
+    # A datasource's "custom query parameters" are appended to the URL, also on POST.
+    refused = client.post("/prometheus/api/v1/query?sensitivity=low", data=form, headers=FORM)
+    assert refused.status_code == 400
+    assert 'anomaly_score(<PromQL>, "sensitivity=...")' in refused.get_json()["error"]
+
+
+def test_plain_promql_is_passed_through_unchanged(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'rate({seeded_prometheus.metric}{{instance="quiet"}}[5m]) * 60'
+    ours = grafana_range(client, expr, start_s, end_s)
+    theirs = requests.post(f"{seeded_prometheus.url}/api/v1/query_range", timeout=10,
+                           data={"query": expr, "start": start_s, "end": end_s, "step": STEP_S})
+    assert ours.status_code == 200 and ours.get_json() == theirs.json()
+    bad = grafana_range(client, "sum(", start_s, end_s)
+    assert bad.status_code == 400 and bad.get_json()["errorType"] == "bad_data"
+
+
+@pytest.mark.parametrize("params, status, error_type, needle", [
+    ({"query": "sum(anomaly_score(x))"}, 400, "bad_data", "outermost"),
+    ({"query": "anomaly_score(x) > 1"}, 400, "bad_data", "outermost"),
+    ({"query": 'anomaly_score(vigil_test_cpu, "model=prophet")'}, 400, "bad_data", "model must be one of"),
+    ({"query": 'anomaly_score(vigil_test_cpu, "colour=red")'}, 400, "bad_data", "model, sensitivity, train_window"),
+    ({"query": "anomaly_score(vigil_test_cpu)", "model": "seasonal"}, 400, "bad_data", "inside the anomaly function"),
+    ({"query": "anomaly_score(vigil_test_cpu)", "step": "0"}, 400, "bad_data", "zero or negative"),
+    ({"query": "anomaly_score(vigil_test_cpu)", "start": "yesterday"}, 400, "bad_data", 'parameter "start"'),
+    ({"query": "anomaly_score(sum(vigil_test_cpu)"}, 400, "bad_data", "never closed"),
+    ({"query": "anomaly_score(vigil_test_cpu{)"}, 400, "bad_data", "unbalanced brackets"),
+    ({"query": "anomaly_score(rate(vigil_test_cpu))"}, 400, "bad_data", "range vector"),
+])
+def test_errors_come_in_prometheus_envelope(client, seeded_prometheus, params, status, error_type, needle):
+    start_s, end_s = view_s(seeded_prometheus)
+    form = {"start": str(start_s), "end": str(end_s), "step": "60", **params}
+    response = client.post("/prometheus/api/v1/query_range", data=form, headers=FORM)
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "error" and body["errorType"] == error_type
+    assert needle in body["error"]
+
+
+def test_unknown_endpoints_and_bad_label_names(client):
+    missing = client.get("/prometheus/api/v1/rules")
+    assert missing.status_code == 404 and missing.get_json()["errorType"] == "not_found"
+    bad = client.get("/prometheus/api/v1/label/in-stance/values")
+    assert bad.status_code == 400 and bad.get_json()["errorType"] == "bad_data"
+
+
+def test_bearer_token_guards_the_api(seeded_prometheus):
+    settings = Settings().replace(prometheus={"url": seeded_prometheus.url}, server={"token": "s3cret"})
+    client = create_app(settings).test_client()
+    refused = client.post("/prometheus/api/v1/query", data={"query": "1+1", "time": "4"}, headers=FORM)
+    assert refused.status_code == 401
+    assert refused.get_json()["status"] == "error" and "Bearer" in refused.get_json()["error"]
+    allowed = client.post("/prometheus/api/v1/query", data={"query": "1+1", "time": "4"},
+                          headers={**FORM, "Authorization": "Bearer s3cret"})
+    assert allowed.status_code == 200
+
+
+# -- promtool, a Prometheus API client nobody on the team wrote --------------------------------------
+
+def test_promtool_query_range_and_instant_show_the_anomaly_series(served, seeded_prometheus):
+    promtool = require_binary("promtool")
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'anomaly_score({seeded_prometheus.metric}, "model=seasonal")'
+    ran = subprocess.run([promtool, "query", "range", "--start", str(start_s), "--end", str(end_s), "--step", "60s",
+                          served, expr], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    for instance in ("spiky", "shifted", "quiet"):
+        assert f'instance="{instance}"' in ran.stdout
+    as_json = subprocess.run([promtool, "query", "range", "-o", "json", "--start", str(start_s), "--end", str(end_s),
+                              "--step", "60s", served, f"is_anomaly({seeded_prometheus.metric})"],
+                             capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    matrix = {s["metric"]["instance"]: s["values"] for s in json.loads(as_json.stdout)}
+    spiky_ms = [int(t * 1000) for t, v in matrix["spiky"] if v == "1"]
+    assert in_events(spiky_ms, seeded_prometheus.events_ms["spiky"]).any()
+    instant = subprocess.run([promtool, "query", "instant", "--time", str(end_s), served, expr],
+                             capture_output=True, text=True, timeout=120)
+    assert instant.returncode == 0, instant.stderr
+    assert instant.stdout.count("=>") == 3 and 'instance="spiky"' in instant.stdout
+    wrong = subprocess.run([promtool, "query", "instant", served, "sum(anomaly_score(x))"],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and "outermost" in (wrong.stderr + wrong.stdout)
+
+
+def test_exemplars_and_format_query_of_the_editor(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    window = {"start": str(start_s), "end": str(end_s)}
+    ours = client.post("/prometheus/api/v1/query_exemplars", headers=FORM,
+                       data={"query": f"anomaly_score({seeded_prometheus.metric})", **window}).get_json()
+    assert ours == {"status": "success", "data": []}
+    relayed = client.post("/prometheus/api/v1/query_exemplars", headers=FORM,
+                          data={"query": seeded_prometheus.metric, **window}).get_json()
+    assert relayed["status"] == "success" and relayed["data"] == []
+    formatted = client.get("/prometheus/api/v1/format_query", query_string={"query": "sum(rate(x[5m]))by(job)"})
+    assert formatted.get_json() == {"status": "success", "data": "sum by (job) (rate(x[5m]))"}
+    kept = client.get("/prometheus/api/v1/format_query", query_string={"query": " yhat(x) "}).get_json()
+    assert kept == {"status": "success", "data": "yhat(x)"}
