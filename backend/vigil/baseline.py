@@ -126,6 +126,7 @@ class SeasonalBaseline:
         flagged = scores >= 1.0
         out = np.ones(t.size, dtype=bool)  # the gross outliers the fit left out stay out
         out[kept] = False
+        flagged &= ~self._recurring(t[kept], flagged)
         if not flagged.any():
             return out
         inside = flagged.copy()
@@ -137,6 +138,19 @@ class SeasonalBaseline:
                 j += 1
         out[kept[inside]] = True
         return out
+
+    def _recurring(self, t: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+        """Flagged points at a time of day flagged on at least half of the days: a nightly reset or
+        a daily job is the series' pattern, not an incident, and the profile must learn it."""
+        if self.seasonality_ == "none" or not flagged.any():
+            return np.zeros(t.size, dtype=bool)
+        bins, days = self._bin(t), (t // DAY_MS) - t[0] // DAY_MS
+        n_days = int(days[-1]) + 1
+        hits = np.zeros((self.n_bins_, n_days), dtype=bool)
+        hits[bins[flagged], days[flagged]] = True
+        near = hits | np.roll(hits, 1, axis=0) | np.roll(hits, -1, axis=0)
+        daily = near.sum(axis=1) >= max(2, n_days // 2)
+        return flagged & daily[bins]
 
     def _point_rate(self) -> float:
         """A per-point rate for the incident search only: episodes a day spread over a day's points."""
@@ -158,7 +172,7 @@ class SeasonalBaseline:
         resid = x - self._profile_at(t)
         scale = self._global_scale(resid)
         z = np.abs(resid - np.median(resid)) / scale
-        keep = z < 6.0
+        keep = (z < 6.0) | self._recurring(t, z >= 6.0)
         refit = keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all()
         if refit:
             t, x, resid, kept = t[keep], x[keep], resid[keep], kept[keep]
