@@ -35,7 +35,7 @@ def test_weekends_get_their_own_profile_when_they_differ():
 
 
 def test_training_is_robust_to_incidents_in_the_window():
-    s = generate("cpu", days=8, step_s=300, seed=1, kind="spike", n_events=6, anomaly_after_fraction=0.1)
+    s = generate("cpu", days=8, step_s=300, seed=1, kind="spike", n_events=3, anomaly_after_fraction=0.1)
     clean = generate("cpu", days=8, step_s=300, seed=1)
     dirty = SeasonalBaseline(step_s=300).fit(s.times_ms, s.values)
     ref = SeasonalBaseline(step_s=300).fit(clean.times_ms, clean.values)

@@ -101,6 +101,8 @@ class SeasonalBaseline:
             kept = np.flatnonzero(~excluded)
             found = np.zeros(x.size, dtype=bool)
             found[kept] = self._incidents(t[kept], *fitted)
+            if _common(t, found & ~excluded):
+                break  # bursts every day are this series' normal (a sparse error counter), not incidents
             if not (found & ~excluded).any() or (excluded | found).sum() > self.max_incident_fraction * x.size:
                 break
             excluded |= found
@@ -172,7 +174,8 @@ class SeasonalBaseline:
         resid = x - self._profile_at(t)
         scale = self._global_scale(resid)
         z = np.abs(resid - np.median(resid)) / scale
-        keep = (z < 6.0) | self._recurring(t, z >= 6.0)
+        far = z >= 6.0
+        keep = ~far | self._recurring(t, far) if not _common(t, far) else np.ones(x.size, dtype=bool)
         refit = keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all()
         if refit:
             t, x, resid, kept = t[keep], x[keep], resid[keep], kept[keep]
@@ -433,6 +436,16 @@ def trailing_median(a: np.ndarray, k: int, samples: int = 32) -> np.ndarray:
                + np.take_along_axis(ordered, np.minimum(mid_hi, ordered.shape[1] - 1)[:, None], 1)[:, 0]) / 2.0
         out[lo:lo + 16384] = np.where(finite >= need, med, np.nan)
     return out
+
+
+def _common(t: np.ndarray, flagged: np.ndarray, per_day: float = 0.5) -> bool:
+    """Whether the flagged runs are more than ``per_day`` a day on average: too common to be
+    incidents, whatever their size."""
+    if t.size < 2 or not flagged.any():
+        return False
+    starts = int((np.diff(flagged.astype(np.int8), prepend=0) == 1).sum())
+    days = max((int(t[-1]) - int(t[0])) / DAY_MS, 1.0)
+    return starts / days > per_day
 
 
 def _quantum(x: np.ndarray) -> float:
