@@ -101,8 +101,10 @@ class SeasonalBaseline:
             kept = np.flatnonzero(~excluded)
             found = np.zeros(x.size, dtype=bool)
             found[kept] = self._incidents(t[kept], *fitted)
-            if _common(t, found & ~excluded):
-                break  # bursts every day are this series' normal (a sparse error counter), not incidents
+            if self.resting_ and _common(t, found & ~excluded):
+                # A series that rests on one value most of the time (an error counter at 0) and
+                # leaves it every day or two: those bursts are its normal, not incidents.
+                break
             if not (found & ~excluded).any() or (excluded | found).sum() > self.max_incident_fraction * x.size:
                 break
             excluded |= found
@@ -175,7 +177,10 @@ class SeasonalBaseline:
         scale = self._global_scale(resid)
         z = np.abs(resid - np.median(resid)) / scale
         far = z >= 6.0
-        keep = ~far | self._recurring(t, far) if not _common(t, far) else np.ones(x.size, dtype=bool)
+        self.resting_ = bool(np.mean(x == np.median(x)) > 0.5)
+        keep = ~far | self._recurring(t, far)
+        if self.resting_ and _common(t, far):
+            keep[:] = True
         refit = keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all()
         if refit:
             t, x, resid, kept = t[keep], x[keep], resid[keep], kept[keep]
