@@ -21,7 +21,7 @@ from ..frames import to_rows
 from ..pipeline import Query
 from ..units import ms_to_s, parse_duration_s, parse_instant_ms, query_step_s
 from .auth import require_token
-from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
+from .body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown
 
 __all__ = ["infinity_blueprint"]
 
@@ -49,11 +49,12 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
                                  code="bad_body")
         else:
             body = request.args.to_dict()
+            check_json(body, where, max_depth=1, max_chars=settings.server.max_query_chars)
         reject_unknown(body, KEYS, where)
         expr = body.get("query")
         if not isinstance(expr, str) or not expr.strip():
             raise BadRequest(f"{where}: 'query' is required: a preset name or a PromQL expression", code="empty_query")
-        where = f"{where} (query {expr!r})"
+        where = f"{where} (query {excerpt(expr)})"
         end_ms = _instant(body.get("to"), None, f"{where}: to")
         start_ms = _instant(body.get("from"), end_ms, f"{where}: from")
         if "from" not in body:
