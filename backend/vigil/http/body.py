@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
 from ..errors import BadRequest
@@ -36,13 +37,14 @@ def read_json(*, default: Any = None) -> Any:
     :func:`check_json` against the configured bounds."""
     limits = _settings().server
     where = f"{request.method} {request.path}"
-    if request.content_length is not None and request.content_length > limits.max_body_bytes:
-        raise BadRequest(f"{where}: the request body has {request.content_length} bytes; at most "
-                         f"{limits.max_body_bytes} are accepted (server.max_body_bytes)", code="body_too_large")
-    raw = request.get_data(cache=True)
-    if len(raw) > limits.max_body_bytes:
-        raise BadRequest(f"{where}: the request body has {len(raw)} bytes; at most {limits.max_body_bytes} are "
-                         "accepted (server.max_body_bytes)", code="body_too_large")
+    size = request.content_length
+    if size is None or size <= limits.max_body_bytes:
+        raw = request.get_data(cache=True)  # Flask's MAX_CONTENT_LENGTH stops a chunked body too
+        size = len(raw)
+    if size > limits.max_body_bytes:
+        # 413, as werkzeug answers when it stops reading (the HTTP error handler makes it JSON)
+        raise RequestEntityTooLarge(f"the request body has {size} bytes; at most {limits.max_body_bytes} are "
+                                    "accepted (server.max_body_bytes)")
     if not raw.strip():
         if default is not None:
             return default

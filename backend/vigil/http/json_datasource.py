@@ -152,7 +152,7 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
             try:
                 found = prometheus.query_range(expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s)
             except VigilError as exc:
-                raise type(exc)(f"variable query {excerpt(payload.get('query'))}: {exc.message}") from None
+                raise type(exc)(f"variable query {excerpt(payload.get('query'))}: {exc.message}", code=exc.code) from None
             values = sorted({s.labels[label] for s in found if label in s.labels})
         else:
             values = prometheus.label_values(label, start_s=ms_to_s(start_ms), end_s=ms_to_s(end_ms))
