@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-docker bench deps os-deps clean
+.PHONY: demo test test-docker bench fuzz deps os-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-docker: deps
 ## Run the demo: docker compose where a Docker engine runs, else local binaries.
 demo: deps
 	bash scripts/demo.sh
+
+## Fuzz, load and fault run at full size: 10,000 requests generated from openapi.json against a real
+## vigil serve with concurrent panels, Prometheus stopped mid-run and a worker killed (a table on stdout).
+fuzz: deps
+	$(PY) -m bench fuzz --requests 10000 $(FUZZ_ARGS)
 
 ## Benchmarks (tables on stdout).
 bench: deps

@@ -395,3 +395,35 @@ def served_plain(seeded_prometheus, tmp_path):
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+# -- the worker's port ---------------------------------------------------------------------------
+
+def test_worker_port_is_loopback_by_default_and_its_audit_needs_the_token():
+    """Was: 0.0.0.0 and /api/v1/audit without a token even when server.token was set."""
+    from vigil.worker_metrics import MetricsServer, WorkerMetrics
+
+    assert Settings().worker.metrics_host == "127.0.0.1"
+    server = MetricsServer(WorkerMetrics(), host="127.0.0.1", port=0, store=None, token="w0rker-t0ken").start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        for headers, code in (({}, "missing_token"), ({"Authorization": "Bearer nope"}, "bad_token")):
+            response = requests.get(f"{base}/api/v1/audit", headers=headers, timeout=5)
+            assert response.status_code == 401 and response.json()["error"] == code
+        ok = requests.get(f"{base}/api/v1/audit", headers={"Authorization": "Bearer w0rker-t0ken"}, timeout=5)
+        assert ok.status_code == 200 and ok.json() == []
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 200  # a scrape carries no token
+        assert requests.get(f"{base}/api/v1/audit?since=1e306", headers={"Authorization": "Bearer w0rker-t0ken"},
+                            timeout=5).status_code == 400
+    finally:
+        server.stop()
+
+
+def test_k8s_worker_listens_on_all_addresses_through_its_config():
+    from pathlib import Path
+
+    from vigil.config import load_settings
+
+    config = Path(__file__).resolve().parent.parent / "k8s" / "base" / "vigil.yaml"
+    env = {"VIGIL_SERVER_TOKEN": "x", "VIGIL_GRAFANA_TOKEN": "x"}
+    assert load_settings(config, environ=env).worker.metrics_host == "0.0.0.0"
