@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vigil-fuzz-"))
     end_ms = (int(time.time() * 1000) // 60_000 - 1) * 60_000
     text = openmetrics_history("fuzz_metric", args.series, end_ms, 7.5, seed_base=500, labels={"job": "fuzz"})
-    prometheus = start_prometheus(work / "prometheus", openmetrics=text)
+    prometheus = start_prometheus(work, openmetrics=text)
     token = "fuzz-token-0123456789"
     config = work / "vigil.yaml"
     config.write_text(f"server:\n  workers: 2\n  threads: 4\n  token: {token}\naudit:\n  path: {work}/audit.db\n")
@@ -329,18 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                 except requests.RequestException as exc:
                     load_statuses[type(exc).__name__] += 1
 
-        def probe() -> None:
-            s = requests.Session()
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    r = s.get(f"{url}/healthz", timeout=10)
-                    health_ms.append((time.perf_counter() - t0) * 1000)
-                    if r.status_code != 200:
-                        health_bad.append(r.status_code)
-                except requests.RequestException:
-                    health_bad.append(-1)
-                stop.wait(0.05)
+        # /healthz is probed from its own process, as the kubelet would: a thread here would
+        # wait for this busy process's GIL and measure the fuzzer, not Vigil.
+        probe_stop = multiprocessing.Event()
+        probe_out = work / "healthz.json"
+        prober = multiprocessing.Process(target=_probe_healthz, args=(url, probe_stop, str(probe_out)), daemon=True)
+        prober.start()
 
         def sample() -> None:
             while not stop.is_set():
@@ -371,13 +365,18 @@ def main(argv: list[str] | None = None) -> int:
                 faults.append(f"gunicorn worker {workers[0]} SIGKILLed")
 
         threads = [threading.Thread(target=load, daemon=True) for _ in range(args.panels)]
-        threads += [threading.Thread(target=f, daemon=True) for f in (probe, sample, inject_faults)]
+        threads += [threading.Thread(target=f, daemon=True) for f in (sample, inject_faults)]
         started = time.monotonic()
         for t in threads:
             t.start()
         run_property(send, tally, examples=args.requests, seed=args.seed, token=token, valid_body=valid_body,
                      upstream_down=down.is_set)
         elapsed_s = time.monotonic() - started
+        probe_stop.set()
+        prober.join(timeout=30)
+        probed = json.loads(probe_out.read_text())
+        health_ms.extend(probed["ms"])
+        health_bad.extend(probed["bad"])
     finally:
         stop.set()
         server.terminate()
@@ -417,6 +416,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserver log: {log_path}")
     ok = not tally.unexpected_5xx and not tally.non_json_errors and _p(health_ms, 0.99) < 100 and worst_growth < 300
     return 0 if ok else 1
+
+
+def _probe_healthz(url: str, stop: Any, out_path: str) -> None:
+    """GET /healthz every 50 ms until ``stop``; latencies (ms) and failures written to ``out_path``."""
+    session = requests.Session()
+    ms: list[float] = []
+    bad: list[int] = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            r = session.get(f"{url}/healthz", timeout=10)
+            ms.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                bad.append(r.status_code)
+        except requests.RequestException:
+            bad.append(-1)
+        stop.wait(0.05)
+    Path(out_path).write_text(json.dumps({"ms": ms, "bad": bad}))
 
 
 def _ok(url: str) -> bool:

@@ -196,9 +196,13 @@ def test_vigils_deadline_is_passed_to_prometheus_which_stops_the_query(seeded_pr
     ``timeout`` and answers its own timeout error before Vigil's HTTP read gives up."""
     client = PrometheusClient(seeded_prometheus.url, request_timeout_s=2.0, retries=0)
     end_s = seeded_prometheus.end_ms / 1000
-    # A 1 s subquery over 7 days: Prometheus checks its deadline at every step of it (~1 s of CPU
-    # per term here, unloaded); four terms take far longer than the 1.6 s Prometheus is given.
-    heavy = " + ".join(f"sum_over_time(({seeded_prometheus.metric} > {i})[7d:1s])" for i in range(4))
+    # Ten comparisons evaluated at every second of a day: Prometheus checks its deadline at each
+    # step of each (so it stops within a few ms of it); the whole takes ~4 s unloaded, far longer
+    # than the 1.6 s (80% of 2 s) Prometheus is given.
+    inner = seeded_prometheus.metric
+    for _ in range(10):
+        inner = f"({inner} > -1)"
+    heavy = " + ".join([f"sum_over_time({inner}[1d:1s])"] * 2)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout) as caught:
         client.query_range(heavy, end_s - 3600, end_s, 60.0)
@@ -264,6 +268,34 @@ def test_saturated_process_sheds_with_429_and_health_still_answers_at_once():
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_one_request_with_many_targets_stays_within_one_deadline():
+    """Was: targets ran one after another, each with the whole budget (651 queries in 45 s)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(32)
+    port = listener.getsockname()[1]  # accepts and never answers
+    settings = Settings().replace(prometheus={"url": f"http://127.0.0.1:{port}", "request_timeout_s": 2.0,
+                                              "retries": 0},
+                                  server={"request_timeout_s": 3.0})
+    client = create_app(settings).test_client()
+    end_ms = int(time.time() * 1000)
+    body = simpod_query(end_ms - 3600_000, end_ms, [{"refId": f"R{i}", "target": f"up{i}"} for i in range(6)])
+    started = time.monotonic()
+    try:
+        response = client.post("/json/query", json=body)
+    finally:
+        listener.close()
+    assert response.status_code == 504 and response.get_json()["message"]
+    assert time.monotonic() - started < 6.0  # one budget (3 s), not six of them
+
+
+def test_slots_leave_a_thread_for_probes():
+    from vigil.http.admission import slot_counts
+
+    assert slot_counts(Settings()) == (4, 3)  # 8 threads: 4 score, 3 may wait, 1 always free
+    assert slot_counts(Settings().replace(server={"threads": 2})) == (1, 0)
 
 
 # -- logs ------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import threading
 import time as _clock
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..logs import request_id_var
 from ..model_cache import ModelCache
 from ..pipeline import Detection
 from ..prometheus import LokiClient, PrometheusClient
+from .admission import register_admission
 from .health import health_blueprint
 from .infinity import infinity_blueprint
 from .json_datasource import json_datasource_blueprint
@@ -64,34 +64,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(audit.audit_blueprint(settings), url_prefix="/api/v1")
 
 
-#: routes that never wait for, nor take, a scoring slot: probes, metrics and the API description
-UNMETERED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/json", "/json/"})
 MAX_MESSAGE_CHARS = 1000
-
-
-def register_admission(app: Flask, settings: Settings) -> None:
-    """Admit at most ``server.max_inflight`` scoring requests per process at once (default: one
-    fewer than the threads, so a thread is always free for ``/healthz`` and ``/readyz``); the rest
-    are answered 429 with ``Retry-After`` at once rather than queued behind running ones."""
-    limit = settings.server.max_inflight or max(1, settings.server.threads - 1)
-    slots = threading.BoundedSemaphore(limit)
-
-    @app.before_request
-    def admit() -> None:
-        if request.path in UNMETERED or request.url_rule is None:
-            return
-        if not slots.acquire(blocking=False):
-            telemetry.HTTP_SHED.inc()
-            raise Overloaded(f"{request.method} {_excerpt(request.path, 80)}: {limit} requests are already being "
-                             f"scored by this process (server.max_inflight); retry in "
-                             f"{settings.server.retry_after_s:g}s", code="overloaded",
-                             retry_after_s=settings.server.retry_after_s)
-        g.admitted = True
-
-    @app.teardown_request
-    def release(_exc: Any) -> None:
-        if g.pop("admitted", False):
-            slots.release()
 
 
 def register_openapi(app: Flask) -> None:

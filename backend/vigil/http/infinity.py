@@ -20,6 +20,7 @@ from ..errors import BadRequest
 from ..frames import to_rows
 from ..pipeline import Query
 from ..units import ms_to_s, parse_duration_s, parse_instant_ms, query_step_s
+from .admission import remaining_s
 from .auth import require_token
 from .body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown
 
@@ -69,7 +70,7 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
             step_s = query_step_s(max(range_s, 1.0), max_data_points=_DEFAULT_POINTS,
                                   max_points_per_series=settings.prometheus.max_points_per_series)
         opts = detection_options(body, settings, where)
-        result = current_app.extensions["vigil.detection"].run(Query(
+        result = current_app.extensions["vigil.detection"].run(deadline_s=remaining_s(where), query=Query(
             expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
             train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
             ref_id="infinity", legend=opts.legend, group_by=opts.group_by,

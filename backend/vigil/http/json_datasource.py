@@ -19,6 +19,7 @@ from ..frames import FIELDS, to_annotation_frames, to_dataframes
 from ..pipeline import Detection, Query
 from ..presets import PRESETS, resolve
 from ..units import ms_to_s, parse_instant_ms, query_step_s
+from .admission import remaining_s
 from .auth import require_token
 from .body import OPTION_KEYS, as_bool, detection_options, excerpt, label_name, read_json, reject_unknown, text_field
 
@@ -121,7 +122,7 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
                                  code="bad_payload")
             reject_unknown(payload, PAYLOAD_KEYS, f"{where}: payload")
             opts = detection_options(payload, settings, where, prefix="payload.")
-            result = detection().run(Query(
+            result = detection().run(deadline_s=remaining_s(where), query=Query(
                 expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
                 train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
                 filters=filters, ref_id=ref_id, legend=opts.legend, group_by=opts.group_by,
@@ -150,7 +151,8 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
             expr, _ = resolve(expr)
             step_s = max(60.0, math.ceil(ms_to_s(end_ms - start_ms) / 20))
             try:
-                found = prometheus.query_range(expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s)
+                found = prometheus.query_range(expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s,
+                                               deadline_s=remaining_s("POST /json/variable"))
             except VigilError as exc:
                 raise type(exc)(f"variable query {excerpt(payload.get('query'))}: {exc.message}", code=exc.code) from None
             values = sorted({s.labels[label] for s in found if label in s.labels})
