@@ -28,6 +28,8 @@ from .json_datasource import json_datasource_blueprint
 __all__ = ["create_app"]
 
 log = logging.getLogger("vigil.http")
+#: the longest error message answered or logged (head and tail kept, the middle cut)
+MAX_MESSAGE_CHARS = 1000
 
 
 def create_app(settings: Settings | None = None, *, detection: Detection | None = None) -> Flask:
@@ -62,9 +64,6 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     except ModuleNotFoundError:
         return
     app.register_blueprint(audit.audit_blueprint(settings), url_prefix="/api/v1")
-
-
-MAX_MESSAGE_CHARS = 1000
 
 
 def register_openapi(app: Flask) -> None:
