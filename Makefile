@@ -7,7 +7,7 @@ SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUNTIME_STAMP := $(VENV)/.runtime-$(SUM)
 STAMP := $(VENV)/.installed-$(SUM)
 
-.PHONY: demo test test-docker bench deps runtime-deps os-deps runtime-os-deps clean
+.PHONY: demo test test-docker bench fuzz deps runtime-deps os-deps runtime-os-deps clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-docker: deps
 ## Run the demo: docker compose where a Docker engine runs, else local binaries.
 demo: runtime-deps
 	bash scripts/demo.sh
+
+## Fuzz, load and fault run at full size: 10,000 requests generated from openapi.json against a real
+## vigil serve with concurrent panels, Prometheus stopped mid-run and a worker killed (a table on stdout).
+fuzz: deps
+	$(PY) -m bench fuzz --requests 10000 $(FUZZ_ARGS)
 
 ## Benchmarks (tables on stdout).
 bench: deps

@@ -13,6 +13,8 @@ from pathlib import Path
 
 #: the order ``python -m bench`` runs them in; anything else discovered runs after these
 _FIRST = ("quality", "speed")
+#: run only when named (``make fuzz``): not a benchmark table but a robustness campaign
+_ONLY_WHEN_NAMED = ("fuzz",)
 
 
 def discover() -> dict[str, object]:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print("options can be given to one named benchmark only, e.g. python -m bench quality --seeds 1", file=sys.stderr)
         return 2
     status = 0
-    for name in names or list(modules):
+    for name in names or [n for n in modules if n not in _ONLY_WHEN_NAMED]:
         print(f"== {name} ==", flush=True)
         status = max(status, int(modules[name].main(argv) or 0))
     return status

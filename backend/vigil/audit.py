@@ -406,13 +406,15 @@ def audit_rows(store: AuditStore | None, params: Mapping[str, Any], *, now_ms: i
     limit_raw = params.get("limit", 1000)
     try:
         limit = int(limit_raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"The 'limit' parameter must be an integer in [1, 10000]. Got {limit_raw!r} instead.") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"The 'limit' parameter must be an integer in [1, 10000]. Got {_excerpt(limit_raw)} instead.") from None
     if not 1 <= limit <= 10000:
-        raise ValueError(f"The 'limit' parameter must be an integer in [1, 10000]. Got {limit_raw!r} instead.")
+        raise ValueError(f"The 'limit' parameter must be an integer in [1, 10000]. Got {_excerpt(limit_raw)} instead.")
     if store is None:
         return []
     job = params.get("job") or None
+    if job is not None and not isinstance(job, str):
+        raise ValueError(f"The 'job' parameter must be a job name (a string). Got {type(job).__name__} instead.")
     return [e.as_record() for e in store.episodes(since_ms=since_ms, until_ms=until_ms, job=job, limit=limit)]
 
 
@@ -420,14 +422,19 @@ def _param_instant(name: str, value: Any) -> int:
     try:
         return parse_instant_ms(value)
     except ValueError:
-        raise ValueError(f"The '{name}' parameter must be a time (epoch ms or ISO-8601). Got {value!r} instead.") from None
+        raise ValueError(f"The '{name}' parameter must be a time (epoch ms or ISO-8601). Got {_excerpt(value)} instead.") from None
 
 
 def _param_duration(name: str, value: Any) -> float:
     try:
         return parse_duration_s(value)
     except ValueError:
-        raise ValueError(f"The '{name}' parameter must be a duration such as '24h'. Got {value!r} instead.") from None
+        raise ValueError(f"The '{name}' parameter must be a duration such as '24h'. Got {_excerpt(value)} instead.") from None
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def open_for_reading(path: str | Path) -> AuditStore | None:

@@ -82,6 +82,9 @@ class PrometheusSettings:
     request_timeout_s: float = field(default=10.0, metadata=_meta("per request, a duration"))
     retries: int = 2
     max_points_per_series: int = 11_000
+    max_concurrent_queries: int = field(default=4, metadata=_meta(
+        "queries one Vigil process runs on Prometheus at once; more wait (within the request's deadline) "
+        "and are then refused with 429"))
     bearer_token: Secret | None = field(default=None, metadata=_meta("secret", secret=True))
 
 
@@ -98,10 +101,20 @@ class ServerSettings:
     port: int = 8080
     token: Secret | None = field(default=None, metadata=_meta("bearer token Grafana sends", secret=True))
     workers: int = 2
-    threads: int = 4
+    threads: int = field(default=8, metadata=_meta(
+        "threads per worker process: max_inflight of them score, some wait, one is always free for probes"))
     request_timeout_s: float = field(default=25.0, metadata=_meta("answer within Grafana's 30 s proxy timeout"))
     max_range_s: float = field(default=31 * 86400.0, metadata=_meta("longest range a query may view"))
     max_series: int = field(default=500, metadata=_meta("most series one query may return"))
+    max_body_bytes: int = field(default=1_048_576, metadata=_meta("largest request body accepted (413 above)"))
+    max_json_depth: int = field(default=32, metadata=_meta("deepest nesting of arrays/objects in a body"))
+    max_targets: int = field(default=26, metadata=_meta("most queries (targets) one panel request may carry"))
+    max_query_chars: int = field(default=8192, metadata=_meta("longest query expression, label value or string field"))
+    max_inflight: int | None = field(default=None, metadata=_meta(
+        "scoring requests one worker process runs at once (default threads / 2); up to threads - max_inflight - 1 "
+        "more wait (queue_wait), so a thread is always free for /healthz and /readyz; the rest get 429 at once"))
+    queue_wait_s: float = field(default=5.0, metadata=_meta("longest wait for a scoring slot (taken from the deadline)"))
+    retry_after_s: float = field(default=2.0, metadata=_meta("the Retry-After sent with a 429"))
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,8 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    metrics_host: str = field(default="127.0.0.1", metadata=_meta(
+        "address of the worker's /metrics, /healthz and /api/v1/audit; 0.0.0.0 in a pod"))
     metrics_port: int = 9108
     shard_index: int = 0
     shard_count: int = 1
@@ -521,9 +536,17 @@ def _validate(s: Settings, loader: _Loader) -> None:
                         ("prometheus.max_points_per_series", s.prometheus.max_points_per_series),
                         ("detection.cache_size", s.detection.cache_size), ("server.max_series", s.server.max_series),
                         ("worker.max_series", s.worker.max_series), ("detection.cache_max_mb", s.detection.cache_max_mb),
-                        ("worker.cache_max_mb", s.worker.cache_max_mb)):
+                        ("worker.cache_max_mb", s.worker.cache_max_mb), ("server.max_body_bytes", s.server.max_body_bytes),
+                        ("server.max_json_depth", s.server.max_json_depth), ("server.max_targets", s.server.max_targets),
+                        ("server.max_query_chars", s.server.max_query_chars),
+                        ("prometheus.max_concurrent_queries", s.prometheus.max_concurrent_queries)):
         if value < 1:
             loader.problem(name, "at least 1", value)
+    if s.server.max_inflight is not None and not 1 <= s.server.max_inflight:
+        loader.problem("server.max_inflight", "at least 1", s.server.max_inflight)
+    if s.server.max_inflight is not None and s.server.max_inflight >= s.server.threads:
+        loader.problem("server.max_inflight", f"below server.threads ({s.server.threads}) so that health probes "
+                       "always find a free thread", s.server.max_inflight)
     if not 0 <= s.worker.shard_index < max(s.worker.shard_count, 1) or s.worker.shard_count < 1:
         loader.problem("worker.shard_index", f"in [0, shard_count={s.worker.shard_count})", s.worker.shard_index)
     seen: set[str] = set()

@@ -11,6 +11,7 @@ __all__ = [
     "BadRequest",
     "Unauthorized",
     "NotFound",
+    "Overloaded",
     "QueryError",
     "UpstreamUnavailable",
     "UpstreamTimeout",
@@ -49,6 +50,21 @@ class Unauthorized(VigilError):
 class NotFound(VigilError):
     http_status = 404
     code = "not_found"
+
+
+class Overloaded(VigilError):
+    """A limit on concurrent work was reached: retry after ``retry_after_s`` (sent as ``Retry-After``).
+
+    Answered at once instead of queueing, so that Grafana sees it well within its proxy timeout
+    and health probes are never stuck behind scoring.
+    """
+
+    http_status = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: float = 2.0):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class QueryError(VigilError):

@@ -212,7 +212,7 @@ class Detection:
             view = client.query_range(expr, ms_to_s(fetch_start_ms), ms_to_s(query.end_ms), step_s,
                                       deadline_s=remaining_s())
         except VigilError as exc:
-            raise type(exc)(f"{where}: {exc.message}") from None
+            raise type(exc)(f"{where}: {exc.message}", code=exc.code) from None
         view = [s for s in view if s.times_ms.size and (query.series_filter is None or query.series_filter(s.labels))]
         max_series = query.max_series or self.settings.server.max_series
         if len(view) > max_series:
@@ -408,7 +408,7 @@ class Detection:
                 latest = client.query_range(expr, ms_to_s(plan.recent_start_ms(step_s)), ms_to_s(plan.end_ms),
                                             step_s, deadline_s=budget())
         except VigilError as exc:
-            raise type(exc)(f"{where}: fetching training history: {exc.message}") from None
+            raise type(exc)(f"{where}: fetching training history: {exc.message}", code=exc.code) from None
         return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
 
     def training_plan(self, fetched: FetchedView) -> "_TrainingPlan":

@@ -7,10 +7,11 @@ keywords, which is what it takes to find selectors. Values are escaped; names ar
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Iterable
 
-__all__ = ["Matcher", "inject_matchers", "format_matcher", "metric_names", "balance_problem"]
+__all__ = ["Matcher", "inject_matchers", "format_matcher", "metric_names", "balance_problem", "match_all_selector"]
 
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -219,3 +220,71 @@ def _skip_braces(text: str, i: int) -> int:
             return j + 1
         j += 1
     return len(text)
+
+
+# -- selectors that match every series ----------------------------------------------------------
+
+_PROBE = ("__vigil_probe__", "=", "x")
+_QUOTED = r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`'
+_PROBED_SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)?\{((?:[^{}"\'`]|' + _QUOTED + r')*?),?__vigil_probe__="x"\}')
+_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(' + _QUOTED + r')\s*(?:,|$)')
+#: metric names a regex on ``__name__`` must accept to count as "any metric"
+_ANY_NAMES = ("a", "up", "node_cpu_seconds_total", "x:y:rate5m", "Z_9")
+
+
+def match_all_selector(expr: str) -> str | None:
+    """The first vector selector of ``expr`` that matches every series, or None.
+
+    ``{__name__=~".+"}``, ``{__name__=~".*", job=~".*"}`` and the like make Prometheus read every
+    series it has; Prometheus refuses only selectors whose matchers all match the empty string.
+    A selector is refused here when it names no metric and each of its matchers either accepts
+    every metric name (a regex on ``__name__``) or matches the empty label value.
+    """
+    try:
+        probed = inject_matchers(expr, [_PROBE])
+    except ValueError:  # pragma: no cover - the probe is a valid matcher
+        return None
+    for match in _PROBED_SELECTOR.finditer(probed):
+        name, inner = match.group(1), match.group(2).strip().rstrip(",")
+        if name and name.lower() not in _KEYWORDS:
+            continue
+        matchers = _matchers(inner)
+        if matchers is None:
+            continue  # not understood: Prometheus decides
+        if all(_restricts_nothing(label, op, value) for label, op, value in matchers):
+            return "{" + inner + "}"
+    return None
+
+
+def _matchers(inner: str) -> list[Matcher] | None:
+    out: list[Matcher] = []
+    pos = 0
+    while pos < len(inner):
+        m = _MATCHER.match(inner, pos)
+        if not m:
+            return None
+        try:
+            value = ast.literal_eval(m.group(3)) if m.group(3)[0] != "`" else m.group(3)[1:-1]
+        except (ValueError, SyntaxError):
+            return None
+        out.append((m.group(1), m.group(2), str(value)))
+        pos = m.end()
+    return out
+
+
+def _restricts_nothing(label: str, op: str, value: str) -> bool:
+    if label == "__name__":
+        if op == "=":
+            return value == ""
+        return all(_matches(op, value, name) for name in _ANY_NAMES)
+    return _matches(op, value, "")
+
+
+def _matches(op: str, value: str, text: str) -> bool:
+    if op in ("=", "!="):
+        return (value == text) == (op == "=")
+    try:
+        hit = re.fullmatch(value, text) is not None
+    except re.error:
+        return False  # not a regex Python reads: assume it restricts
+    return hit == (op == "=~")

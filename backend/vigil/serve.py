@@ -3,13 +3,21 @@
 Production settings: threaded workers (``gthread``: Grafana sends several panel queries at once,
 and a query mostly waits on Prometheus), a worker timeout just above the request budget, worker
 recycling to bound memory, JSON logs for gunicorn too, and Prometheus metrics summed across
-worker processes.
+worker processes (in a temporary directory removed on exit).
+
+Errors gunicorn answers itself, before the app sees the request (request line over
+``limit_request_line``: 414; too many or too large headers: 431; a malformed request line or
+header, such as a NUL byte: 400), are JSON ``{error, message, trace_id}`` like every other error:
+gunicorn has no hook for those bodies, so our worker class (:class:`JsonErrorWorker`) replaces the
+one function that writes them, in its own process only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
@@ -17,7 +25,14 @@ from typing import Any
 from .config import ConfigError, Settings, config_path, load_settings
 from .logs import configure_logging, gunicorn_logconfig
 
-__all__ = ["add_arguments", "run", "gunicorn_options"]
+__all__ = ["add_arguments", "run", "gunicorn_options", "JsonErrorWorker", "LIMIT_REQUEST_LINE",
+           "LIMIT_REQUEST_FIELDS", "LIMIT_REQUEST_FIELD_SIZE"]
+
+#: gunicorn's own limits, checked before the app: the longest request line (URL) gunicorn allows
+#: (8190 bytes: longer PromQL goes in a POST body), header count and header size.
+LIMIT_REQUEST_LINE = 8190
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +61,10 @@ def gunicorn_options(settings: Settings, log_level: str = "info") -> dict[str, A
     return {
         "bind": f"{server.host}:{server.port}",
         "workers": server.workers,
-        "worker_class": "gthread",
+        "worker_class": JsonErrorWorker,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "threads": server.threads,
         "timeout": int(server.request_timeout_s + 10),
         "graceful_timeout": 20,
@@ -79,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     # Metrics are shared across gunicorn workers through files in this directory.
+    created_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vigil-metrics-")
+        created_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vigil-metrics-")
+    master_pid = os.getpid()
 
     from gunicorn.app.base import BaseApplication
 
@@ -101,5 +121,56 @@ def run(args: argparse.Namespace) -> int:
         "bind": f"{settings.server.host}:{settings.server.port}", "prometheus": settings.prometheus.url,
         "workers": settings.server.workers, "threads": settings.server.threads,
         "auth": "bearer token" if settings.server.token else "none"})
-    VigilApplication().run()
+    try:
+        VigilApplication().run()
+    finally:
+        # gunicorn's workers leave through here too (SystemExit in the forked child): only the
+        # master, which created the directory, removes it.
+        if created_dir and os.getpid() == master_pid:
+            shutil.rmtree(created_dir, ignore_errors=True)
     return 0
+
+
+_GUNICORN_HINTS = {
+    414: "the request line (URL) is longer than gunicorn's limit_request_line "
+         f"({LIMIT_REQUEST_LINE} bytes): send a long query in a POST body",
+    431: f"more than {LIMIT_REQUEST_FIELDS} headers or a header longer than {LIMIT_REQUEST_FIELD_SIZE} bytes",
+}
+
+
+def json_error_bytes(status: int, reason: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 error answer whose body is our JSON error shape."""
+    detail = detail if len(detail) <= 200 else f"{detail[:200]}... ({len(detail)} characters)"
+    message = _GUNICORN_HINTS.get(status) or f"the HTTP request is malformed: {detail or reason}"
+    body = json.dumps({"error": reason.lower().replace(" ", "_") or "bad_request",
+                       "message": f"{reason}: {message}", "trace_id": ""},
+                      ensure_ascii=True).encode("ascii")
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    return head + body
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    from gunicorn import util
+
+    util.write_nonblock(sock, json_error_bytes(int(status_int), str(reason), str(mesg)))
+
+
+def _json_error_worker() -> type:
+    from gunicorn import util
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class JsonErrorWorker(ThreadWorker):
+        """gunicorn's threaded worker whose own error answers (414, 431, 400) are JSON."""
+
+        def init_process(self) -> None:
+            util.write_error = _write_json_error  # this worker process only
+            # Scoring threads are CPU-bound and hold the GIL; a probe's thread gets it back after
+            # at most 1 ms instead of Python's default 5 ms, per hand-over.
+            sys.setswitchinterval(0.001)
+            super().init_process()
+
+    return JsonErrorWorker
+
+
+JsonErrorWorker = _json_error_worker()

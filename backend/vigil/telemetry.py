@@ -12,11 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client import CONTENT_TYPE_LATEST
 
 __all__ = ["HTTP_REQUESTS", "HTTP_DURATION", "MODEL_FITS", "FIT_DURATION", "CACHE_HITS", "CACHE_MISSES",
-           "UPSTREAM_DURATION", "UPSTREAM_ERRORS", "render", "CONTENT_TYPE_LATEST"]
+           "UPSTREAM_DURATION", "UPSTREAM_ERRORS", "HTTP_SHED", "render", "CONTENT_TYPE_LATEST"]
 
 HTTP_REQUESTS = Counter("vigil_http_requests_total", "HTTP requests answered", ["endpoint", "status"])
 HTTP_DURATION = Histogram("vigil_http_request_duration_seconds", "Time to answer an HTTP request", ["endpoint"],
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25))
+HTTP_SHED = Counter("vigil_http_requests_shed_total",
+                    "Requests answered 429 at once because this process was already scoring server.max_inflight")
 MODEL_FITS = Counter("vigil_model_fits_total", "Detectors fitted", ["model"])
 FIT_DURATION = Histogram("vigil_model_fit_duration_seconds", "Time to fit one detector", ["model"],
                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5))

@@ -24,7 +24,15 @@ __all__ = [
     "s_to_ms",
     "query_step_s",
     "iso_from_ms",
+    "MAX_DURATION_S",
+    "MAX_INSTANT_MS",
 ]
+
+#: the longest duration understood (about 317 years): anything longer is a typo or an attack, and
+#: multiplying it into milliseconds would overflow the int64 instants we compute with.
+MAX_DURATION_S = 1e10
+#: instants must lie in [1970-01-01, 9999-12-31]: what ``datetime`` and Prometheus can represent.
+MAX_INSTANT_MS = 253_402_300_799_999
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -35,9 +43,13 @@ def parse_duration_s(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"a duration such as '30s' or '7d'; got {text!r}")
     if isinstance(text, (int, float)):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"a non-negative duration; got {text!r}")
-        return float(text)
+        try:
+            number = float(text)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"a non-negative duration; got {_short(text)}")
+        return _bounded_duration_s(number, text)
     s = str(text).strip()
     if not s:
         raise ValueError("a duration such as '30s' or '7d'; got an empty string")
@@ -47,8 +59,8 @@ def parse_duration_s(text: str | int | float) -> float:
         pass
     else:
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"a non-negative duration; got {text!r}")
-        return value
+            raise ValueError(f"a non-negative duration; got {_short(text)}")
+        return _bounded_duration_s(value, text)
     pos = 0
     total = 0.0
     for match in _DURATION_PART.finditer(s):
@@ -57,8 +69,20 @@ def parse_duration_s(text: str | int | float) -> float:
         total += float(match.group(1)) * _UNIT_S[match.group(2)]
         pos = match.end()
     if pos != len(s) or pos == 0:
-        raise ValueError(f"a duration such as '30s', '5m', '7d' or '1h30m'; got {text!r}")
-    return total
+        raise ValueError(f"a duration such as '30s', '5m', '7d' or '1h30m'; got {_short(text)}")
+    return _bounded_duration_s(total, text)
+
+
+def _bounded_duration_s(duration_s: float, text: object) -> float:
+    if not math.isfinite(duration_s) or duration_s > MAX_DURATION_S:
+        raise ValueError(f"a duration of at most {MAX_DURATION_S:.0e} seconds; got {_short(text)}")
+    return duration_s
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said (for error messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def format_duration(duration_s: float) -> str:
@@ -93,7 +117,10 @@ def parse_instant_ms(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError(f"a time (ISO-8601 or epoch seconds/ms); got {value!r}")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range, such as 10**400
+            number = math.inf
     else:
         text = str(value).strip()
         try:
@@ -104,13 +131,21 @@ def parse_instant_ms(value: str | int | float) -> int:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise ValueError(f"a time (ISO-8601 or epoch seconds/ms); got {value!r}") from None
+                raise ValueError(f"a time (ISO-8601 or epoch seconds/ms); got {_short(value)}") from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
-            return s_to_ms(parsed.timestamp())
+            return _bounded_instant_ms(s_to_ms(parsed.timestamp()), value)
     if not math.isfinite(number):
-        raise ValueError(f"a finite time; got {value!r}")
-    return int(round(number)) if abs(number) >= _SECONDS_CEILING else s_to_ms(number)
+        raise ValueError(f"a finite time; got {_short(value)}")
+    if abs(number) > MAX_INSTANT_MS:
+        raise ValueError(f"a time between 1970 and 9999; got {_short(value)}")
+    return _bounded_instant_ms(int(round(number)) if abs(number) >= _SECONDS_CEILING else s_to_ms(number), value)
+
+
+def _bounded_instant_ms(instant_ms: int, value: object) -> int:
+    if not 0 <= instant_ms <= MAX_INSTANT_MS:
+        raise ValueError(f"a time between 1970 and 9999; got {_short(value)}")
+    return instant_ms
 
 
 def iso_from_ms(instant_ms: int) -> str:

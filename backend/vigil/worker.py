@@ -369,7 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every job once, deliver what is owed, and exit (0 ok, 1 a job failed, 3 deliveries left)")
     parser.add_argument("--drain-timeout", default=30.0, type=float,
                         help="with --once: seconds to keep retrying deliveries before exiting")
-    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of the /metrics server (default 0.0.0.0)")
+    parser.add_argument("--metrics-host", default=None,
+                        help="address of the /metrics server (default worker.metrics_host, 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of the /metrics server (default worker.metrics_port; 0 = any free port)")
 
@@ -397,10 +398,11 @@ def run(args: argparse.Namespace) -> int:
     if args.once:
         return worker.run_once(drain_s=args.drain_timeout)
     port = settings.worker.metrics_port if args.metrics_port is None else args.metrics_port
-    server = MetricsServer(worker.metrics, host=args.metrics_host, port=port, store=worker.store,
-                           healthy=worker.health).start()
+    host = settings.worker.metrics_host if args.metrics_host is None else args.metrics_host
+    server = MetricsServer(worker.metrics, host=host, port=port, store=worker.store,
+                           healthy=worker.health, token=settings.server.token).start()
     log.info("worker started: %d jobs, shard %d/%d, metrics on %s:%d", len(settings.jobs), worker.shard_index,
-             worker.shard_count, args.metrics_host, server.port,
+             worker.shard_count, host, server.port,
              extra={"event": "worker_started", "jobs": [j.name for j in settings.jobs], "metrics_port": server.port,
                     "shard_index": worker.shard_index, "shard_count": worker.shard_count,
                     "sinks": sorted(worker.sinks), "audit_path": settings.audit.path})

@@ -12,10 +12,15 @@ Prometheus adds for the scrape target, nor with a watched series' own ``job`` la
   ``vigil_job_failures_total{vigil_job}``.
 
 Must not: score anything or write the store. The server is stdlib ``http.server`` in a daemon thread.
+It listens on ``worker.metrics_host`` (127.0.0.1 unless configured; 0.0.0.0 in a pod).
+``/api/v1/audit`` needs ``Authorization: Bearer <server.token>`` when a token is configured, like
+the service's; ``/metrics`` and ``/healthz`` need none (a Prometheus scrape and the kubelet's probe
+carry no token: restrict who reaches the port with a NetworkPolicy, as ``k8s/`` does).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -119,8 +124,10 @@ class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/api/v1/audit`` on ``host:port`` (port 0 = any free port)."""
 
     def __init__(self, metrics: WorkerMetrics, *, host: str = "0.0.0.0", port: int = 9108,
-                 store: AuditStore | None = None, healthy: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
+                 store: AuditStore | None = None, healthy: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+                 token: str | None = None) -> None:
         self.metrics = metrics
+        self.token = token
         self.store = store
         self.healthy = healthy or (lambda: (True, {}))
         server = self
@@ -153,15 +160,31 @@ class MetricsServer:
             ok, detail = self.healthy()
             self._json(request, 200 if ok else 503, {"ok": ok, **detail})
         elif url.path == "/api/v1/audit":
+            refusal = self._refusal(request.headers.get("Authorization", ""))
+            if refusal:
+                self._json(request, 401, {"error": refusal[0], "message": refusal[1], "trace_id": ""})
+                return
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
                 rows = audit_rows(self.store, params)
             except ValueError as exc:
-                self._json(request, 400, {"error": "bad_request", "message": str(exc), "trace_id": ""})
+                self._json(request, 400, {"error": "bad_request", "message": str(exc)[:500], "trace_id": ""})
                 return
             self._json(request, 200, rows)
         else:
             self._json(request, 404, {"error": "not_found", "message": f"no such path: {url.path}", "trace_id": ""})
+
+    def _refusal(self, header: str) -> tuple[str, str] | None:
+        """(code, message) when the audit needs a token the request lacks; None when it may pass."""
+        if not self.token:
+            return None
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return ("missing_token", "this Vigil worker requires 'Authorization: Bearer <token>' (server.token) "
+                    "for /api/v1/audit")
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            return ("bad_token", "the bearer token does not match this Vigil's server.token")
+        return None
 
     @staticmethod
     def _json(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:

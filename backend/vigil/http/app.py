@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time as _clock
 import uuid
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import telemetry
 from ..config import Settings
-from ..errors import VigilError
+from ..errors import Overloaded, VigilError
 from ..logs import request_id_var
 from ..model_cache import ModelCache
 from ..pipeline import Detection
 from ..prometheus import LokiClient, PrometheusClient
+from .admission import register_admission
 from .health import health_blueprint
 from .infinity import infinity_blueprint
 from .json_datasource import json_datasource_blueprint
@@ -26,6 +29,8 @@ from .prometheus_api import prometheus_api_blueprint
 __all__ = ["create_app"]
 
 log = logging.getLogger("vigil.http")
+#: the longest error message answered or logged (head and tail kept, the middle cut)
+MAX_MESSAGE_CHARS = 1000
 
 
 def create_app(settings: Settings | None = None, *, detection: Detection | None = None) -> Flask:
@@ -33,9 +38,12 @@ def create_app(settings: Settings | None = None, *, detection: Detection | None 
     app = Flask("vigil")
     app.config["VIGIL_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes  # 413 before the body is read
     app.extensions["vigil.detection"] = detection or build_detection(settings)
     register_request_hooks(app)
+    register_admission(app, settings)
     register_blueprints(app, settings)
+    register_openapi(app)
     register_error_handlers(app)
     return app
 
@@ -60,11 +68,24 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(audit.audit_blueprint(settings), url_prefix="/api/v1")
 
 
+def register_openapi(app: Flask) -> None:
+    """``GET /openapi.json``: the description of this HTTP API kept in the repository."""
+    text = (Path(__file__).with_name("openapi.json")).read_text(encoding="utf-8")
+    json.loads(text)  # fail at start-up, not on the first request, if it is broken
+
+    @app.get("/openapi.json")
+    def openapi():
+        return Response(text, mimetype="application/json")
+
+
 def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def start() -> None:
         g.started = _clock.monotonic()
-        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        request_id = request.headers.get("X-Request-Id", "")
+        if not (0 < len(request_id) <= 64 and request_id.isprintable()):
+            request_id = uuid.uuid4().hex[:16]
+        g.request_id = request_id
         g.token = request_id_var.set(g.request_id)
 
     @app.after_request
@@ -75,7 +96,7 @@ def register_request_hooks(app: Flask) -> None:
         telemetry.HTTP_DURATION.labels(endpoint).observe(duration_s)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         if endpoint not in ("/healthz", "/readyz", "/metrics"):
-            log.info("request", extra={"method": request.method, "path": request.path,
+            log.info("request", extra={"method": request.method, "path": _excerpt(request.path, 200),
                                        "status": response.status_code, "duration_ms": round(duration_s * 1000, 1)})
         return response
 
@@ -90,21 +111,41 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(VigilError)
     def vigil_error(exc: VigilError):
         level = logging.WARNING if exc.http_status < 500 else logging.ERROR
-        log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message, "path": request.path})
-        return jsonify(exc.body(g.get("request_id", ""))), exc.http_status
+        message = _bounded(exc.message)
+        log.log(level, "request failed", extra={"error": exc.code, "reason": message,
+                                                "path": _excerpt(request.path, 200)})
+        body = exc.body(g.get("request_id", ""))
+        body["message"] = message
+        response = jsonify(body)
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        return response, exc.http_status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         body = {"error": (exc.name or "error").lower().replace(" ", "_"),
-                "message": f"{request.method} {request.path}: {exc.description}",
+                "message": _bounded(f"{request.method} {_excerpt(request.path, 200)}: {exc.description}"),
                 "trace_id": g.get("request_id", "")}
         return jsonify(body), exc.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unexpected error", extra={"path": request.path})
+        log.exception("unexpected error", extra={"path": _excerpt(request.path, 200)})
         body = {"error": "internal_error",
-                "message": f"{request.path}: an unexpected error happened; see the service log for trace "
+                "message": f"{_excerpt(request.path, 200)}: an unexpected error happened; see the service log for trace "
                            f"{g.get('request_id', '')}",
                 "trace_id": g.get("request_id", "")}
         return jsonify(body), 500
+
+
+def _excerpt(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bounded(message: str) -> str:
+    """An error message of at most ~``MAX_MESSAGE_CHARS``: its head (what and where) and its tail
+    (why), never a whole multi-megabyte input echoed back."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    head, tail = message[:MAX_MESSAGE_CHARS * 2 // 3], message[-MAX_MESSAGE_CHARS // 3:]
+    return f"{head} ... [{len(message) - len(head) - len(tail)} characters cut] ... {tail}"

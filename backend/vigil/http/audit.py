@@ -9,7 +9,6 @@ Must not: write the store or score anything.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -18,6 +17,7 @@ from ..audit import audit_rows, open_for_reading
 from ..config import Settings
 from ..errors import BadRequest
 from .auth import require_token
+from .body import check_json, read_json
 
 __all__ = ["audit_blueprint"]
 
@@ -29,12 +29,10 @@ def audit_blueprint(settings: Settings) -> Blueprint:
     def audit():
         require_token(settings.server.token)
         params: dict[str, Any] = dict(request.args)
-        raw = request.get_data(cache=True)
-        if request.method == "POST" and raw.strip():
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise BadRequest(f"POST /api/v1/audit: the body is not valid JSON: {exc}", code="bad_json") from None
+        check_json(params, f"{request.method} /api/v1/audit", max_depth=1,
+                   max_chars=settings.server.max_query_chars)
+        if request.method == "POST" and request.get_data(cache=True).strip():
+            body = read_json()
             if not isinstance(body, dict):
                 raise BadRequest("POST /api/v1/audit: the body must be a JSON object", code="bad_json")
             params.update({k: v for k, v in body.items() if v is not None})

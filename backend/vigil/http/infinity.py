@@ -18,9 +18,10 @@ from ..config import Settings
 from ..errors import BadRequest
 from ..frames import to_rows
 from ..pipeline import Query
-from ..units import ms_to_s, parse_duration_s, parse_time_ms, query_step_s
+from ..units import ms_to_s, parse_duration_s, parse_instant_ms, parse_time_ms, query_step_s
+from .admission import remaining_s
 from .auth import require_token
-from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
+from .body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown
 
 __all__ = ["infinity_blueprint", "NOTICE_HEADER"]
 
@@ -50,11 +51,12 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
                                  code="bad_body")
         else:
             body = request.args.to_dict()
+            check_json(body, where, max_depth=1, max_chars=settings.server.max_query_chars)
         reject_unknown(body, KEYS, where)
         expr = body.get("query")
         if not isinstance(expr, str) or not expr.strip():
             raise BadRequest(f"{where}: 'query' is required: a preset name or a PromQL expression", code="empty_query")
-        where = f"{where} (query {expr!r})"
+        where = f"{where} (query {excerpt(expr)})"
         now_ms = parse_time_ms("now")
         end_ms = _instant(body.get("to"), now_ms, f"{where}: to")
         start_ms = _instant(body.get("from"), end_ms, f"{where}: from", now_ms=now_ms)
@@ -70,7 +72,7 @@ def infinity_blueprint(settings: Settings) -> Blueprint:
             step_s = query_step_s(max(range_s, 1.0), max_data_points=_DEFAULT_POINTS,
                                   max_points_per_series=settings.prometheus.max_points_per_series)
         opts = detection_options(body, settings, where)
-        result = current_app.extensions["vigil.detection"].run(Query(
+        result = current_app.extensions["vigil.detection"].run(deadline_s=remaining_s(where), query=Query(
             expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
             train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
             ref_id="", legend=opts.legend, group_by=opts.group_by,
@@ -93,8 +95,11 @@ def _header_text(text: str) -> str:
 
 def _instant(value: Any, default_ms: int, where: str, *, now_ms: int | None = None) -> int:
     """Epoch ms/s, ISO-8601, ``now`` or ``now-6h`` (``units.parse_time_ms``); ``default_ms`` when absent."""
-    if value in (None, ""):
+    if value is None or value == "":
         return default_ms
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRequest(f"{where} must be a time (epoch ms or s, ISO-8601, now or now-6h); got {excerpt(value)}",
+                         code="bad_range")
     try:
         return parse_time_ms(value, now_ms=now_ms if now_ms is not None else default_ms)
     except ValueError as exc:

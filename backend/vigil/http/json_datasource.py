@@ -19,8 +19,9 @@ from ..frames import FIELDS, to_annotation_frames, to_dataframes
 from ..pipeline import Detection, Query
 from ..presets import PRESETS, resolve
 from ..units import ms_to_s, parse_instant_ms, parse_time_ms, query_step_s
+from .admission import remaining_s
 from .auth import require_token
-from .body import OPTION_KEYS, as_bool, detection_options, read_json, reject_unknown
+from .body import OPTION_KEYS, as_bool, detection_options, excerpt, label_name, read_json, reject_unknown, text_field
 
 __all__ = ["json_datasource_blueprint"]
 
@@ -88,25 +89,40 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
                              code="bad_body")
         start_ms, end_ms = _range(body, "POST /json/query")
         range_s = ms_to_s(end_ms - start_ms)
-        step_s = query_step_s(range_s, interval_ms=_number(body.get("intervalMs")),
-                              max_data_points=_int(body.get("maxDataPoints")),
+        step_s = query_step_s(range_s, interval_ms=_number(body.get("intervalMs"), "intervalMs"),
+                              max_data_points=_int(body.get("maxDataPoints"), "maxDataPoints"),
                               max_points_per_series=settings.prometheus.max_points_per_series)
         filters = _filters(body.get("filters") or body.get("adhocFilters") or [])
+        targets = body.get("targets") or []
+        if not isinstance(targets, list):
+            raise BadRequest(f"POST /json/query: targets must be a list of queries; got {type(targets).__name__} "
+                             f"{excerpt(targets, 40)}", code="bad_targets")
+        if len(targets) > settings.server.max_targets:
+            raise BadRequest(f"POST /json/query: {len(targets)} targets in one request; at most "
+                             f"{settings.server.max_targets} are accepted (server.max_targets)", code="too_many_targets")
         frames: list[dict[str, Any]] = []
-        for target in body.get("targets") or []:
+        for target in targets:
             if not isinstance(target, dict) or target.get("hide"):
                 continue
-            ref_id = str(target.get("refId") or "A")
+            ref_id = target.get("refId") or "A"
+            if not isinstance(ref_id, (str, int)) or isinstance(ref_id, bool) or len(str(ref_id)) > 64:
+                raise BadRequest(f"POST /json/query: refId must be a short string; got {excerpt(ref_id, 40)}",
+                                 code="bad_targets")
+            ref_id = str(ref_id)
             expr = target.get("target")
-            if not isinstance(expr, str) or not expr.strip():
+            if expr is not None and not isinstance(expr, str):
+                raise BadRequest(f"refId {ref_id}: target must be a query string; got {type(expr).__name__} "
+                                 f"{excerpt(expr, 40)}", code="bad_targets")
+            if not expr or not expr.strip():
                 continue  # a panel still being edited: nothing to show, not an error
-            where = f"refId {ref_id} (query {expr!r})"
+            where = f"refId {ref_id} (query {excerpt(expr)})"
             payload = target.get("payload") or {}
             if not isinstance(payload, dict):
-                raise BadRequest(f"{where}: payload must be a JSON object; got {payload!r}", code="bad_payload")
+                raise BadRequest(f"{where}: payload must be a JSON object; got {excerpt(payload, 40)}",
+                                 code="bad_payload")
             reject_unknown(payload, PAYLOAD_KEYS, f"{where}: payload")
             opts = detection_options(payload, settings, where, prefix="payload.")
-            result = detection().run(Query(
+            result = detection().run(deadline_s=remaining_s(where), query=Query(
                 expr=expr, start_ms=start_ms, end_ms=end_ms, step_s=step_s, model=opts.model,
                 train_window_s=opts.train_window_s, sensitivity=opts.sensitivity, source=opts.source,
                 filters=filters, ref_id=ref_id, legend=opts.legend, group_by=opts.group_by,
@@ -127,17 +143,18 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
             raise BadRequest('POST /json/variable: payload must be {"label": "<label name>", "query"?: '
                              '"<preset or PromQL>"}', code="bad_payload")
         reject_unknown(payload, ("label", "query"), "POST /json/variable: payload")
-        label = str(payload["label"])
+        label = label_name(payload["label"], "POST /json/variable: payload.label")
         prometheus = detection().prometheus
         start_ms, end_ms = _range(body, "POST /json/variable", required=False)
-        expr = payload.get("query")
+        expr = text_field(payload.get("query"), "POST /json/variable: payload.query")
         if expr:
-            expr, _ = resolve(str(expr))
+            expr, _ = resolve(expr)
             step_s = max(60.0, math.ceil(ms_to_s(end_ms - start_ms) / 20))
             try:
-                found = prometheus.query_range(expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s)
+                found = prometheus.query_range(expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s,
+                                               deadline_s=remaining_s("POST /json/variable"))
             except VigilError as exc:
-                raise type(exc)(f"variable query {payload.get('query')!r}: {exc.message}") from None
+                raise type(exc)(f"variable query {excerpt(payload.get('query'))}: {exc.message}", code=exc.code) from None
             values = sorted({s.labels[label] for s in found if label in s.labels})
         else:
             values = prometheus.label_values(label, start_s=ms_to_s(start_ms), end_s=ms_to_s(end_ms))
@@ -154,6 +171,7 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
         key = body.get("key") if isinstance(body, dict) else None
         if not isinstance(key, str) or not key:
             raise BadRequest('POST /json/tag-values: body must name the label: {"key": "<label>"}', code="bad_body")
+        key = label_name(key, "POST /json/tag-values: key")
         return jsonify([{"text": v} for v in detection().prometheus.label_values(key)])
 
     return bp
@@ -166,6 +184,10 @@ def _range(body: dict[str, Any], where: str, *, required: bool = True) -> tuple[
             end_ms = parse_instant_ms("now")
             return end_ms - 6 * 3600 * 1000, end_ms
         raise BadRequest(f"{where}: range.from and range.to are required (ISO-8601 times)", code="bad_range")
+    for end in ("from", "to"):
+        if isinstance(rng[end], bool) or not isinstance(rng[end], (str, int, float)):
+            raise BadRequest(f"{where}: range.{end} must be an ISO-8601 time or epoch ms; got "
+                             f"{excerpt(rng[end], 40)}", code="bad_range")
     try:
         now_ms = parse_time_ms("now")  # one "now" for both ends
         return parse_time_ms(rng["from"], now_ms=now_ms), parse_time_ms(rng["to"], now_ms=now_ms)
@@ -175,27 +197,45 @@ def _range(body: dict[str, Any], where: str, *, required: bool = True) -> tuple[
 
 def _filters(raw: Any) -> tuple[tuple[str, str, str], ...]:
     if not isinstance(raw, list):
-        raise BadRequest(f"ad hoc filters must be a list of {{key, operator, value}}; got {raw!r}", code="bad_filters")
+        raise BadRequest(f"ad hoc filters must be a list of {{key, operator, value}}; got {excerpt(raw, 40)}",
+                         code="bad_filters")
+    if len(raw) > 64:
+        raise BadRequest(f"ad hoc filters: {len(raw)} given; at most 64 are accepted", code="bad_filters")
     out = []
     for f in raw:
         if not isinstance(f, dict) or not f.get("key"):
-            raise BadRequest(f"ad hoc filter {f!r} must have key, operator and value", code="bad_filters")
-        op = _OPERATORS.get(str(f.get("operator", "=")))
+            raise BadRequest(f"ad hoc filter {excerpt(f, 60)} must have key, operator and value", code="bad_filters")
+        key = label_name(f["key"], "ad hoc filter key")
+        op = _OPERATORS.get(f.get("operator", "=")) if isinstance(f.get("operator", "="), str) else None
         if op is None:
-            raise BadRequest(f"ad hoc filter on {f['key']!r}: operator must be one of =, !=, =~, !~; "
-                             f"got {f.get('operator')!r}", code="bad_filters")
-        out.append((str(f["key"]), op, str(f.get("value", ""))))
+            raise BadRequest(f"ad hoc filter on {key!r}: operator must be one of =, !=, =~, !~; "
+                             f"got {excerpt(f.get('operator'), 40)}", code="bad_filters")
+        value = f.get("value", "")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise BadRequest(f"ad hoc filter on {key!r}: value must be a string; got {excerpt(value, 40)}",
+                             code="bad_filters")
+        out.append((key, op, str(value)))
     return tuple(out)
 
 
-def _number(value: Any) -> float | None:
+#: the largest intervalMs / maxDataPoints taken seriously (about 31 years in ms).
+_MAX_NUMBER = 1e12
+
+
+def _number(value: Any, name: str) -> float | None:
+    """A positive finite number, or None when absent or not a number (Grafana may omit it)."""
+    if isinstance(value, bool):
+        return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) and number > 0 else None
+    if not math.isfinite(number) or number > _MAX_NUMBER:
+        raise BadRequest(f"POST /json/query: {name} must be a number up to {_MAX_NUMBER:.0e}; got "
+                         f"{excerpt(value, 40)}", code="bad_field")
+    return number if number > 0 else None
 
 
-def _int(value: Any) -> int | None:
-    number = _number(value)
+def _int(value: Any, name: str) -> int | None:
+    number = _number(value, name)
     return int(number) if number else None
