@@ -146,7 +146,7 @@ class SeasonalBaseline:
     def _recurring(self, t: np.ndarray, flagged: np.ndarray) -> np.ndarray:
         """Flagged points at a time of day flagged on at least half of the days: a nightly reset or
         a daily job is the series' pattern, not an incident, and the profile must learn it."""
-        if self.seasonality_ == "none" or not flagged.any():
+        if not flagged.any() or not hasattr(self, "n_bins_"):
             return np.zeros(t.size, dtype=bool)
         bins, days = self._bin(t), (t // DAY_MS) - t[0] // DAY_MS
         n_days = int(days[-1]) + 1
