@@ -1,10 +1,12 @@
 """The one way through: fetch series -> fit or reuse a detector -> score -> episodes.
 
 Used by the HTTP service for every panel and by the worker for every job run. It never imports
-Flask and never writes to Grafana or Alertmanager. A query's models are trained on the history
-*before* the viewed range (``train_window`` long, ending at the start of the current refit slot),
-fetched once per query at a bounded resolution, and cached per series so that a dashboard
-refresh does not retrain. A query with ``group_by`` is scored per group of series by one
+Flask and never writes to Grafana or Alertmanager. A query's models are trained on the
+``train_window`` before the start of the refit slot the query *ends* in (so every view of the same
+moment uses the same model), and every point is scored at ``detection.score_step`` from the
+detector's fixed context before it (so a point's verdict does not depend on the view). Training
+history is fetched once per query at a bounded resolution, and models are cached per series so
+that a dashboard refresh does not retrain. A query with ``group_by`` is scored per group of series by one
 multivariate model instead (``vigil.grouping``), on the same fetched view and training plan.
 """
 
@@ -166,7 +168,7 @@ class Detection:
         return DetectionResult(out, fetched.notices, fetched.expr, fetched.step_s)
 
     def fetch_view(self, query: Query, *, deadline_s: float | None = None) -> FetchedView:
-        """Validate ``query``, resolve its expression and step, and fetch what it views (plus warm-up)."""
+        """Validate ``query``, resolve its expression and step, and fetch what it views (plus the context)."""
         started = _clock.monotonic()
         budget_s = deadline_s if deadline_s is not None else self.settings.server.request_timeout_s
 
