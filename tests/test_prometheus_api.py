@@ -290,3 +290,135 @@ def test_exemplars_and_format_query_of_the_editor(client, seeded_prometheus):
     assert formatted.get_json() == {"status": "success", "data": "sum by (job) (rate(x[5m]))"}
     kept = client.get("/prometheus/api/v1/format_query", query_string={"query": " yhat(x) "}).get_json()
     assert kept == {"status": "success", "data": "yhat(x)"}
+
+
+# -- hostile parameters: always Prometheus' envelope, 400 bad_data, never a 500 ---------------------
+
+def assert_envelope_error(response, status, error_type, needle=""):
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    body = response.get_json()
+    assert body["status"] == "error" and body["errorType"] == error_type, body
+    assert needle in body["error"], body["error"]
+    assert len(body["error"]) <= 1200 and len(response.get_data()) < 2000
+    return body
+
+
+@pytest.mark.parametrize("path, params, needle", [
+    # Were ValueError "year 318857 is out of range" (emptiness.why_empty formatting the range) -> 500.
+    ("query", {"time": "9999999999999"}, 'parameter "time"'),
+    ("query_range", {"start": "9999999999000", "end": "9999999999999", "step": "60"}, 'parameter "start"'),
+    ("query_range", {"start": "-100", "end": "0", "step": "60"}, 'parameter "start"'),
+    ("query", {"time": "-62135596800"}, 'parameter "time"'),
+    ("query", {"time": "NaN"}, 'parameter "time"'),
+    ("query", {"time": "1e306"}, 'parameter "time"'),
+    ("query_range", {"start": "-Inf", "end": "+Inf", "step": "60"}, 'parameter "start"'),
+    ("query_range", {"start": "1", "end": "1e999", "step": "60"}, 'parameter "end"'),
+    ("query_range", {"start": "1", "end": "3600", "step": "NaN"}, 'parameter "step"'),
+    ("query_range", {"start": "1", "end": "3600", "step": "1e306"}, 'parameter "step"'),
+    ("query_range", {"start": "1", "end": "3600", "step": "-60"}, 'parameter "step"'),
+    ("query_range", {"start": "1", "end": "3600", "step": "0s"}, "zero or negative"),
+    ("query_range", {"start": "3600", "end": "1", "step": "60"}, "before start"),
+    ("query_range", {"start": "1", "end": "3600000", "step": "1e-300"}, "maximum resolution"),
+    # Was ignored; Prometheus refuses a timeout it cannot parse.
+    ("query_range", {"start": "1", "end": "3600", "step": "60", "timeout": "soon"}, 'parameter "timeout"'),
+    ("query", {"time": "4", "timeout": "1e306s"}, 'parameter "timeout"'),
+])
+def test_absurd_times_steps_and_timeouts_are_bad_data(client, path, params, needle):
+    for response in (client.get(f"/prometheus/api/v1/{path}", query_string={"query": "anomaly_score(up)", **params}),
+                     client.post(f"/prometheus/api/v1/{path}", data={"query": "anomaly_score(up)", **params},
+                                 headers=FORM)):
+        assert_envelope_error(response, 400, "bad_data", needle)
+
+
+@pytest.mark.parametrize("query", ["anomaly_score(" + "x" * 1_000_000 + ")", "x" * 1_000_000,
+                                   "anomaly_score(up)" + " " * 9000])
+def test_a_megabyte_query_is_refused_and_not_echoed(client, query):
+    """Was accepted (server.max_query_chars did not apply here): scored, sent to Prometheus, and its
+    warning repeated the whole query in a 2 MB answer."""
+    form = {"query": query, "start": "1", "end": "3600", "step": "60"}
+    for path in ("query", "query_range", "query_exemplars", "format_query"):
+        response = client.post(f"/prometheus/api/v1/{path}", data=form, headers=FORM)
+        assert_envelope_error(response, 400, "bad_data", "server.max_query_chars")
+
+
+def test_error_messages_quote_a_long_argument_briefly(client):
+    """Was a 100 KB error answer quoting the whole unknown option argument."""
+    query = 'anomaly_score(up, "' + "x" * 7000 + '=1")'
+    response = client.post("/prometheus/api/v1/query", data={"query": query, "time": "4"}, headers=FORM)
+    assert_envelope_error(response, 400, "bad_data", "characters cut")
+
+
+@pytest.mark.parametrize("query", ["up\x00", "anomaly_score(up\x00)"])
+def test_nul_in_a_query_is_bad_data(client, query):
+    response = client.post("/prometheus/api/v1/query", data={"query": query, "time": "4"}, headers=FORM)
+    assert_envelope_error(response, 400, "bad_data", "NUL")
+
+
+@pytest.mark.parametrize("query", ['{__name__=~".+"}', 'count_over_time({__name__=~".*", job=~".*"}[31d])'])
+def test_plain_selectors_matching_every_series_are_not_relayed(client, query):
+    """Were relayed unchanged: /prometheus bypassed the refusal /json and /api/v1 make (issue 14)."""
+    for path in ("query", "query_range", "query_exemplars"):
+        response = client.post(f"/prometheus/api/v1/{path}", headers=FORM,
+                               data={"query": query, "time": "4", "start": "1", "end": "3600", "step": "60"})
+        assert_envelope_error(response, 400, "bad_data", "matches every series")
+
+
+def test_deep_parentheses_and_odd_arguments_are_answered_in_the_envelope(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    window = {"start": str(start_s), "end": str(end_s), "step": "60"}
+    deep = "(" * 3000 + seeded_prometheus.metric + ")" * 3000
+    for query in (f"anomaly_score({deep})", deep):
+        response = client.post("/prometheus/api/v1/query_range", data={"query": query, **window}, headers=FORM)
+        assert response.status_code < 500 and response.get_json()["status"] in ("success", "error")
+    for query, needle in (("anomaly_score(up, 5)", "optional arguments are strings"),
+                          ("anomaly_score(up, )", "optional arguments are strings"),
+                          ('anomaly_score(up, "train_window=1e306d")', "train_window")):
+        response = client.post("/prometheus/api/v1/query_range", data={"query": query, **window}, headers=FORM)
+        assert_envelope_error(response, 400, "bad_data", needle)
+
+
+@pytest.mark.parametrize("path", ["/prometheus/api/v1/label/..%2F..%2Fstatus%2Fconfig/values",
+                                  "/prometheus/api/v1/label/a%00/values", "/prometheus/api/v1/label/%C3%A9/values",
+                                  "/prometheus/api/v1/../../-/quit"])
+def test_label_names_with_path_text_never_reach_prometheus(client, path):
+    response = client.get(path)
+    assert response.status_code in (400, 404), response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert body.get("status") == "error" or body.get("error"), body
+    assert "global:" not in response.get_data(as_text=True)  # Prometheus' configuration
+
+
+def test_an_overloaded_prometheus_is_a_429_with_retry_after(seeded_prometheus):
+    """Was a 503 'unavailable' without Retry-After: Overloaded was missing from the error table."""
+    settings = Settings().replace(prometheus={"url": seeded_prometheus.url, "request_timeout_s": 1.0, "retries": 0,
+                                              "max_concurrent_queries": 1})
+    app = create_app(settings)
+    slots = app.extensions["vigil.detection"].prometheus._slots
+    assert slots.acquire(timeout=1)
+    try:
+        response = app.test_client().post("/prometheus/api/v1/query", headers=FORM,
+                                          data={"query": f"anomaly_score({seeded_prometheus.metric})"})
+    finally:
+        slots.release()
+    assert_envelope_error(response, 429, "unavailable", "max_concurrent_queries")
+    assert response.headers["Retry-After"].isdigit()
+
+
+def test_an_unexpected_error_is_still_answered_in_the_envelope(seeded_prometheus, monkeypatch):
+    app = create_app(Settings().replace(prometheus={"url": seeded_prometheus.url}))
+    monkeypatch.setattr(app.extensions["vigil.detection"], "run",
+                        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("boom")))
+    response = app.test_client().post("/prometheus/api/v1/query", headers=FORM, data={"query": "anomaly_score(up)"})
+    body = assert_envelope_error(response, 500, "internal", "see the service log for trace")
+    assert "boom" not in body["error"]
+
+
+def test_relayed_parameters_are_bounded_and_prometheus_errors_without_json_are_enveloped(client):
+    """Were relayed as they came: a 1 MB parameter reached Prometheus, whose HTTP server answered
+    '431 Request Header Fields Too Large' in plain text, passed on as is (found by the fuzz run)."""
+    huge = client.get("/prometheus/api/v1/series", query_string={"match[]": "up", "end": "x" * 1_000_000})
+    assert_envelope_error(huge, 400, "bad_data", "server.max_query_chars")
+    many = client.get("/prometheus/api/v1/label/job/values",
+                      query_string=[("match[]", f'up{{job="{i:04d}{"x" * 8000}"}}') for i in range(140)])
+    body = assert_envelope_error(many, 400, "bad_data", "HTTP 431")
+    assert "no JSON" in body["error"]

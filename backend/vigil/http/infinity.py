@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import BadRequest
 from ..frames import to_rows
 from ..pipeline import Query
-from ..units import ms_to_s, parse_duration_s, parse_instant_ms, parse_time_ms, query_step_s
+from ..units import ms_to_s, parse_duration_s, parse_time_ms, query_step_s
 from .admission import remaining_s
 from .auth import require_token
 from .body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown

@@ -23,17 +23,19 @@ import math
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..config import LABEL_NAME, Settings
-from ..errors import BadRequest, NotFound, QueryError, Unauthorized, UpstreamError, UpstreamTimeout, VigilError
+from ..errors import (BadRequest, NotFound, Overloaded, QueryError, Unauthorized, UpstreamError, UpstreamTimeout,
+                      VigilError)
 from ..passthrough import forward
 from ..pipeline import Detection, DetectionResult, Query, ScoredSeries
+from ..promql import match_all_selector
 from ..promql_functions import OPTION_NAMES, AnomalyCall, parse_anomaly_call
-from ..units import parse_duration_s, parse_instant_ms
+from ..units import MAX_INSTANT_MS, parse_duration_s, parse_instant_ms
 from .auth import require_token
-from .body import detection_options
+from .body import detection_options, excerpt
 
 __all__ = ["prometheus_api_blueprint", "INSTANT_STEP_S", "INSTANT_VIEW_S", "LOOKBACK_S"]
 
@@ -61,13 +63,14 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
 
     @bp.route("/api/v1/query_range", methods=["GET", "POST"])
     def query_range():
-        text = _query_text()
+        text = _query_text(settings)
         call = _parse(text)
         if call is None:
-            return _relay("/api/v1/query_range")
+            return _relay_query("/api/v1/query_range", text)
         start_ms = _time_ms("start")
         end_ms = _time_ms("end")
         step_s = _step_s()
+        _timeout_s()
         if end_ms < start_ms:
             raise BadRequest("end timestamp must not be before start time")
         if (end_ms - start_ms) / 1000.0 / step_s > _MAX_POINTS:
@@ -80,22 +83,24 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
 
     @bp.route("/api/v1/query", methods=["GET", "POST"])
     def query():
-        text = _query_text()
+        text = _query_text(settings)
         call = _parse(text)
         if call is None:
-            return _relay("/api/v1/query")
+            return _relay_query("/api/v1/query", text)
         at_ms = _time_ms("time", default_now=True)
+        _timeout_s()
         return _success("vector", *_instant(detection(), settings, call, at_ms, as_matrix=False))
 
     @bp.route("/api/v1/query_exemplars", methods=["GET", "POST"])
     def query_exemplars():
-        if _parse(_query_text()) is None:
-            return _relay("/api/v1/query_exemplars")
+        text = _query_text(settings)
+        if _parse(text) is None:
+            return _relay_query("/api/v1/query_exemplars", text)
         return jsonify({"status": "success", "data": []})  # scores have no exemplars
 
     @bp.route("/api/v1/format_query", methods=["GET", "POST"])
     def format_query():
-        text = _query_text()
+        text = _query_text(settings)
         if _parse(text) is None:
             return _relay("/api/v1/format_query")
         return jsonify({"status": "success", "data": text.strip()})
@@ -144,12 +149,20 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
     def http_error(exc: HTTPException):
         return _envelope_error(BadRequest(f"{request.method} {request.path}: {exc.description}"), exc.code)
 
+    @bp.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        # Still a bug to fix, but answered in the envelope Grafana reads, with the trace to look for.
+        log.exception("unexpected error", extra={"path": excerpt(request.path, 200, quote=False)})
+        trace = g.get("request_id", "")
+        return jsonify({"status": "error", "errorType": "internal",
+                        "error": f"an unexpected error happened; see the service log for trace {trace}"}), 500
+
     return bp
 
 
 # -- requests ----------------------------------------------------------------------------------
 
-def _query_text() -> str:
+def _query_text(settings: Settings) -> str:
     refused = sorted(set(request.values) & set(OPTION_NAMES))
     if refused:
         raise BadRequest(f"{', '.join(refused)} must be given inside the anomaly function, as in "
@@ -158,6 +171,13 @@ def _query_text() -> str:
     text = request.values.get("query", "")
     if not text.strip():
         raise BadRequest('invalid parameter "query": the query is empty')
+    limit = settings.server.max_query_chars
+    if len(text) > limit:  # as for /json and /api/v1: a megabyte of PromQL is not a query
+        raise BadRequest(f'invalid parameter "query": the query has {len(text)} characters; at most {limit} are '
+                         f"accepted (server.max_query_chars): {excerpt(text)}", code="value_too_long")
+    if "\x00" in text:
+        raise BadRequest(f'invalid parameter "query": the query contains a NUL character: {excerpt(text)}',
+                         code="bad_text")
     return text
 
 
@@ -180,9 +200,13 @@ def _time_ms(name: str, *, default_now: bool = False) -> int:
         value = None
     try:
         # Prometheus reads a number as unix SECONDS, however large.
-        return int(round(value * 1000)) if value is not None else parse_instant_ms(raw)
+        time_ms = int(round(value * 1000)) if value is not None else parse_instant_ms(raw)
     except (ValueError, OverflowError):
-        raise BadRequest(f'invalid parameter "{name}": cannot parse {raw!r} to a valid timestamp') from None
+        raise BadRequest(f'invalid parameter "{name}": cannot parse {excerpt(raw)} to a valid timestamp') from None
+    if not 0 <= time_ms <= MAX_INSTANT_MS:
+        raise BadRequest(f'invalid parameter "{name}": {excerpt(raw)} is outside the times an anomaly function can '
+                         "score (1970-01-01 to 9999-12-31)")
+    return time_ms
 
 
 def _step_s() -> float:
@@ -190,17 +214,59 @@ def _step_s() -> float:
     try:
         step_s = parse_duration_s(raw)
     except ValueError:
-        raise BadRequest(f'invalid parameter "step": cannot parse {raw!r} to a valid duration') from None
+        raise BadRequest(f'invalid parameter "step": cannot parse {excerpt(raw)} to a valid duration') from None
     if not (step_s > 0 and math.isfinite(step_s)):
         raise BadRequest("zero or negative query resolution step widths are not accepted. Try a positive integer")
     return step_s
 
 
+def _timeout_s() -> float | None:
+    """Prometheus' ``timeout`` parameter, checked as Prometheus does (a bad one is a 400)."""
+    raw = request.values.get("timeout", "")
+    if not raw.strip():
+        return None
+    try:
+        return parse_duration_s(raw)
+    except ValueError:
+        raise BadRequest(f'invalid parameter "timeout": cannot parse {excerpt(raw)} to a valid duration') from None
+
+
+def _relay_query(path: str, text: str) -> Response:
+    """Plain PromQL, with the protection Vigil gives Prometheus everywhere else: a selector
+    matching every series is refused before it is sent (see :func:`vigil.promql.match_all_selector`)."""
+    broad = match_all_selector(text)
+    if broad is not None:
+        raise BadRequest(f'invalid parameter "query": the selector {excerpt(broad, 60, quote=False)} matches every '
+                         "series Prometheus has: name a metric or add a label matcher", code="selector_too_broad")
+    return _relay(path)
+
+
 def _relay(path: str, *, method: str | None = None) -> Response:
-    """Plain PromQL and metadata calls: Prometheus' own answer, status and envelope included."""
+    """Plain PromQL and metadata calls: Prometheus' own answer, status and envelope included.
+
+    Each parameter is bounded like a query (``server.max_query_chars``); an error Prometheus (or
+    its HTTP server, e.g. a 431 for a huge URL) answers without its envelope is put in one.
+    """
+    limit = current_app.config["VIGIL_SETTINGS"].server.max_query_chars
     params = [(k, v) for k, values in request.values.lists() for v in values]
+    for key, value in params:
+        if len(key) > limit or len(value) > limit:
+            raise BadRequest(f"invalid parameter {excerpt(key, 60)}: it has {max(len(key), len(value))} characters; "
+                             f"at most {limit} are accepted (server.max_query_chars)", code="value_too_long")
     upstream = forward(current_app.extensions["vigil.detection"].prometheus, method or request.method, path, params)
+    if upstream.status >= 400 and not _is_envelope(upstream.body):
+        text = upstream.body[:300].decode("utf-8", "replace").strip()
+        message = f"Prometheus answered {path} with HTTP {upstream.status} and no JSON: {excerpt(text, 200)}"
+        raise BadRequest(message) if upstream.status < 500 else UpstreamError(message)
     return Response(upstream.body, status=upstream.status, content_type=upstream.content_type)
+
+
+def _is_envelope(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(parsed, dict) and parsed.get("status") in ("success", "error")
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -301,6 +367,7 @@ def _success(result_type: str, result: list[dict[str, Any]], warnings: list[str]
 _ERROR_TYPES: list[tuple[type[VigilError], str, int]] = [
     (BadRequest, "bad_data", 400),
     (Unauthorized, "unauthorized", 401),
+    (Overloaded, "unavailable", 429),
     (NotFound, "not_found", 404),
     (QueryError, "execution", 422),
     (UpstreamTimeout, "timeout", 503),
@@ -319,6 +386,12 @@ def _envelope_error(exc: VigilError, status: int | None = None):
     if type(exc) is VigilError:
         error_type, http_status = "internal", exc.http_status
     level = logging.WARNING if http_status < 500 else logging.ERROR
-    log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message, "path": request.path})
-    body = {"status": "error", "errorType": error_type, "error": exc.message}
-    return jsonify(body), status or http_status
+    log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message,
+                                            "path": excerpt(request.path, 200, quote=False)})
+    from .app import _bounded  # one bound for every error message (app.py imports this module)
+
+    body = {"status": "error", "errorType": error_type, "error": _bounded(exc.message)}
+    response = jsonify(body)
+    if isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    return response, status or http_status
