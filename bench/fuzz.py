@@ -6,14 +6,18 @@ seeded with history and a real ``vigil serve`` (gunicorn) on loopback, then at o
 - sends ``--requests`` property-based requests (hypothesis) to every operation of
   ``backend/vigil/http/openapi.json``: bodies generated from the schemas, then mutated (any subtree
   replaced by random JSON, lone surrogates, huge or non-finite numbers, path text in label names),
-  plus raw hostile bodies (deep nesting, invalid UTF-8, NaN literals, oversized bodies);
+  plus raw hostile bodies (deep nesting, invalid UTF-8, NaN literals, oversized bodies); query
+  and form-encoded parameters (``/prometheus``) from their examples or hostile values (huge,
+  NaN, negative times and steps, a megabyte query, deep parentheses, NUL); path parameters
+  (``{name}``, ``{rest}``) from their examples or path text, URL-quoted;
 - keeps ``--panels`` valid panel queries running concurrently (the load);
 - probes ``/healthz`` every 50 ms (its latency under load);
 - stops Prometheus for a few seconds mid-run and SIGKILLs one gunicorn worker (the faults);
 - samples the RSS of every gunicorn process.
 
 Prints a table: unexpected 5xx (500, 502, or any 5xx that is not JSON; 503/504 only while
-Prometheus is stopped are expected), error answers without a JSON ``message``, memory growth per
+Prometheus is stopped are expected), error answers without a JSON ``message`` (under
+``/prometheus``: without Prometheus' envelope ``{status: "error", errorType, error}``), memory growth per
 process, ``/healthz`` p50/p99/max. Exit status 1 when a target is missed.
 
 The same generators drive ``tests/test_fuzz.py`` at a small size through Flask's test client.
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +68,14 @@ _HOSTILE_TEXT = [
     "x" * 10_000, "rate(x[5m", "' OR 1=1 --", "%00", "😀" * 50, "9" * 400, "1h" * 50,
 ]
 _HOSTILE_NUMBERS = [0, -1, 10 ** 400, 1e308, -1e308, 2 ** 63, 0.5, 1e-300]
+#: Query and form parameter values (times, steps, PromQL) as Prometheus' API takes them: text.
+_HOSTILE_PARAMS = [
+    "1e306", "-1e306", "1e999", "NaN", "nan", "Inf", "+Inf", "-Inf", "9999999999999", "-62135596800", "0", "-1", "-5m",
+    "0s", "1e-300", "2026-13-45T99:00:00Z", "now", "anomaly_score(up)", 'anomaly_score(up, "model=seasonal")',
+    "anomaly_score(" + "(" * 2000 + "up" + ")" * 2000 + ")", "(" * 5000 + "up" + ")" * 5000, "anomaly_score(up, 5)",
+    'anomaly_score(up, "train_window=1e306d")', "sum(anomaly_score(up))", "anomaly_score(" + "x" * 1_000_000 + ")",
+    "up\x00", '{__name__=~".+"}', "../../../api/v1/status/config?x=",
+]
 
 
 def json_values() -> st.SearchStrategy[Any]:
@@ -141,27 +154,93 @@ class FuzzRequest:
     params: dict[str, str]
     headers: dict[str, str]
     body: bytes | None
+    #: the operation's path in openapi.json (``path`` with its ``{name}`` parameters filled in)
+    operation: str = ""
 
     def describe(self) -> str:
         body = (self.body or b"")[:200]
         return f"{self.method} {self.path} params={str(self.params)[:200]} body={body!r}"
 
 
+def _param_values(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    """Text for one query, form or path parameter: its example, random text or a hostile value."""
+    schema = schema.get("items", schema) if schema.get("type") == "array" else schema
+    choices: list[st.SearchStrategy[str]] = [
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+        st.sampled_from(_HOSTILE_PARAMS + [t for t in _HOSTILE_TEXT if "\ud800" not in t and "\udfff" not in t])]
+    if "example" in schema:
+        choices += [st.just(str(schema["example"]))] * 2
+    return st.one_of(choices)
+
+
+def _param_sets(schemas: dict[str, dict[str, Any]]) -> st.SearchStrategy[dict[str, str]]:
+    """Parameters: any subset with any values, or every example (a valid request, which reaches
+    the code behind the validation) with at most one of them replaced."""
+    names = sorted(schemas)
+    anything = st.dictionaries(st.sampled_from(names), st.just(None), max_size=len(names)).flatmap(
+        lambda chosen: st.fixed_dictionaries({n: _param_values(schemas[n]) for n in chosen}))
+    examples = {n: str(s.get("items", s).get("example")) for n, s in schemas.items() if "example" in s.get("items", s)}
+    if not examples:
+        return anything
+    valid = st.just(examples)
+    one_off = st.sampled_from(names).flatmap(lambda n: _param_values(schemas[n]).map(lambda v: {**examples, n: v}))
+    return st.one_of(anything, valid, one_off)
+
+
+def _path_with(path: str, op: dict[str, Any]) -> st.SearchStrategy[str]:
+    """``path`` with its ``{name}`` parameters filled in, URL-quoted (``/`` kept in the last one)."""
+    names = [p for p in op.get("parameters", []) if p.get("in") == "path"]
+    if not names:
+        return st.just(path)
+
+    def fill(values: list[str]) -> str:
+        out = path
+        for p, value in zip(names, values, strict=True):
+            out = out.replace("{" + p["name"] + "}", urllib.parse.quote(value, safe="/" if p["name"] == "rest" else "")
+                              or "x")
+        return out
+
+    return st.tuples(*[_param_values(p.get("schema", {})) for p in names]).map(lambda t: fill(list(t)))
+
+
+def _form(schema: dict[str, Any]) -> st.SearchStrategy[bytes]:
+    """A form-encoded body from an ``application/x-www-form-urlencoded`` schema."""
+    props = schema.get("properties", {})
+    if not props:
+        return st.just(b"")
+    return _param_sets(props).map(lambda fields: urllib.parse.urlencode(fields).encode())
+
+
 def requests_for(doc: dict[str, Any], token: str | None, valid_body: bytes) -> st.SearchStrategy[FuzzRequest]:
-    """Requests to every operation of ``doc``: schema-valid, mutated, or raw hostile bytes."""
+    """Requests to every operation of ``doc``: schema-valid, mutated, or raw hostile bytes; query,
+    form and path parameters from their examples or hostile text."""
     good = {"Authorization": f"Bearer {token}"} if token else {}
     auth = st.sampled_from([good] * 8 + [{}, {"Authorization": "Bearer wrong-token-in-header"},
                                          {"Authorization": "Basic Zm9vOmJhcg=="}, {"Authorization": "Bearer " + "x" * 5000}])
     ctype = st.sampled_from([{"Content-Type": "application/json"}, {"Content-Type": "text/plain"}, {},
                              {"Content-Type": "application/x-www-form-urlencoded"}])
     per_op = []
+    form_ctype = st.sampled_from([{"Content-Type": "application/x-www-form-urlencoded"}] * 6
+                                 + [{"Content-Type": "application/json"}, {}])
     for method, path, op in operations(doc):
-        schema = (op.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
-        names = [p["name"] for p in op.get("parameters", [])]
-        params = st.dictionaries(st.sampled_from(names) if names else st.text(max_size=6),
-                                 st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
-                                 | st.sampled_from([t for t in _HOSTILE_TEXT if "\ud800" not in t and "\udfff" not in t]),
-                                 max_size=4)
+        content = (op.get("requestBody") or {}).get("content", {})
+        schema = content.get("application/json", {}).get("schema")
+        form = content.get("application/x-www-form-urlencoded", {}).get("schema")
+        query = {p["name"]: p.get("schema", {}) for p in op.get("parameters", []) if p.get("in", "query") == "query"}
+        if query:
+            params = _param_sets(query)
+        else:
+            params = st.dictionaries(st.text(max_size=6), st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+                                     | st.sampled_from([t for t in _HOSTILE_TEXT if "\ud800" not in t
+                                                        and "\udfff" not in t]), max_size=4)
+        where = _path_with(path, op)
+        if form is not None:
+            body = st.one_of(_form(form), _form(form), _form(form), _form(form), st.binary(max_size=200),
+                             st.just(b"query=" + b"x" * 1_200_000))
+            per_op.append(st.builds(lambda m, p, q, a, c, b, o: FuzzRequest(m, p, q, {**a, **c}, b, o),
+                                    st.just(method), where, st.just({}) | params, auth, form_ctype, body,
+                                    st.just(path)))
+            continue
         if schema is not None:
             valid = from_schema(schema, doc)
             mutated = st.tuples(valid, st.randoms(use_true_random=False), json_values()).map(
@@ -171,8 +250,8 @@ def requests_for(doc: dict[str, Any], token: str | None, valid_body: bytes) -> s
                              st.sampled_from(_raw_hostile(valid_body)), st.binary(max_size=200))
         else:
             body = st.none() | st.binary(max_size=100)
-        per_op.append(st.builds(lambda m, p, q, a, c, b: FuzzRequest(m, p, q, {**a, **c}, b),
-                                st.just(method), st.just(path), params, auth, ctype, body))
+        per_op.append(st.builds(lambda m, p, q, a, c, b, o: FuzzRequest(m, p, q, {**a, **c}, b, o),
+                                st.just(method), where, params, auth, ctype, body, st.just(path)))
     return st.one_of(per_op)
 
 
@@ -200,19 +279,25 @@ class Tally:
 
 
 def _json_message(body: bytes) -> str | None:
+    """The error's sentence: ``message`` of Vigil's errors, ``error`` of Prometheus' envelope."""
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str) and parsed["message"]:
         return parsed["message"]
+    if (isinstance(parsed, dict) and parsed.get("status") == "error" and isinstance(parsed.get("errorType"), str)
+            and isinstance(parsed.get("error"), str) and parsed["error"]):
+        return parsed["error"]
     return None
 
 
 def _upstream_word(body: bytes) -> bool:
     """503/504 are expected only when Prometheus itself was slow or unavailable."""
     try:
-        return json.loads(body).get("error") in ("upstream_unavailable", "upstream_timeout")
+        parsed = json.loads(body)
+        return (parsed.get("error") in ("upstream_unavailable", "upstream_timeout")
+                or (parsed.get("status") == "error" and parsed.get("errorType") in ("unavailable", "timeout")))
     except (ValueError, AttributeError):
         return False
 

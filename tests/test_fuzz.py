@@ -19,7 +19,7 @@ from vigil.http.app import create_app
 
 pytestmark = pytest.mark.real
 
-EXAMPLES = int(os.environ.get("VIGIL_FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("VIGIL_FUZZ_EXAMPLES", "400"))
 TOKEN = "fuzz-small-token"
 
 
@@ -33,7 +33,7 @@ def test_every_openapi_operation_survives_generated_requests(seeded_prometheus, 
     seen: set[tuple[str, str]] = set()
 
     def send(request: FuzzRequest) -> tuple[int, bytes]:
-        seen.add((request.method, request.path))
+        seen.add((request.method, request.operation))
         response = client.open(request.path, method=request.method, query_string=request.params,
                                headers=request.headers, data=request.body)
         return response.status_code, response.get_data()
