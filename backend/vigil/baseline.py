@@ -144,7 +144,7 @@ class SeasonalBaseline:
         return out
 
     def _recurring(self, t: np.ndarray, flagged: np.ndarray) -> np.ndarray:
-        """Flagged points at a time of day flagged on at least half of the days: a nightly reset or
+        """Flagged points at a time of day flagged on at least three days and half of the days: a nightly reset or
         a daily job is the series' pattern, not an incident, and the profile must learn it."""
         if not flagged.any() or not hasattr(self, "n_bins_"):
             return np.zeros(t.size, dtype=bool)
@@ -153,7 +153,7 @@ class SeasonalBaseline:
         hits = np.zeros((self.n_bins_, n_days), dtype=bool)
         hits[bins[flagged], days[flagged]] = True
         near = hits | np.roll(hits, 1, axis=0) | np.roll(hits, -1, axis=0)
-        daily = near.sum(axis=1) >= max(2, n_days // 2)
+        daily = near.sum(axis=1) >= max(3, n_days // 2)  # seen on three days at least
         return flagged & daily[bins]
 
     def _point_rate(self) -> float:
