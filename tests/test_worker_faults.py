@@ -124,7 +124,7 @@ class Stack:
         (tmp_path / "grafana-token").write_text(TOKEN + "\n")
         self.config.write_text(yaml.safe_dump({
             "prometheus": {"url": self.prometheus.url, "request_timeout": "2s", "retries": 0},
-            "detection": {"model": "seasonal", "train_window": "1h"},
+            "detection": {"model": "seasonal", "train_window": "1h", "score_step": "1s"},
             "grafana": {"url": self.grafana.url, "token_file": str(tmp_path / "grafana-token"), "request_timeout": "1s"},
             "alertmanager": {"url": self.alertmanager.url, "request_timeout": "1s", "resend_every": "2s"},
             "audit": {"path": str(self.audit_path)},

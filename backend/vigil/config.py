@@ -527,6 +527,9 @@ def _validate(s: Settings, loader: _Loader) -> None:
                                   "e.g. '0.5', '5%' or '0.5, 5%'", text)
     if s.detection.score_step_s < 1:
         loader.problem("detection.score_step", "at least 1s", format_duration(s.detection.score_step_s))
+    if s.worker.lookback_s < 2 * s.detection.score_step_s:
+        loader.problem("worker.lookback", f"at least two scoring steps (detection.score_step is "
+                       f"{format_duration(s.detection.score_step_s)})", format_duration(s.worker.lookback_s))
     if s.detection.train_window_s < 3600:
         loader.problem("detection.train_window", "at least 1h", format_duration(s.detection.train_window_s))
     for name, value in (("server.port", s.server.port), ("worker.metrics_port", s.worker.metrics_port)):
