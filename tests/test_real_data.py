@@ -69,7 +69,7 @@ def test_a_rarely_nonzero_counter_keeps_its_alarms_few_and_ordered_by_sensitivit
         finite = np.isfinite(result.scores.anomaly_score)
         assert np.all(result.scores.anomaly_score[finite] <= MAX_SCORE)  # a readable scale
     assert false_by["low"] <= false_by["medium"] <= false_by["high"]
-    assert false_by["medium"] <= 10, false_by  # measured: 6 (a known gap: the target is 1)
+    assert false_by["medium"] <= 8, false_by  # measured: 6 (a known gap: the target is 1)
 
 
 def test_a_busy_kpi_with_many_incidents_has_them_found_and_little_else():
