@@ -212,7 +212,13 @@ def _form(schema: dict[str, Any]) -> st.SearchStrategy[bytes]:
 
 
 def requests_for(doc: dict[str, Any], token: str | None, valid_body: bytes) -> st.SearchStrategy[FuzzRequest]:
-    """Requests to every operation of ``doc``: schema-valid, mutated, or raw hostile bytes; query,
+    """Requests to any operation of ``doc`` (see :func:`request_strategies`)."""
+    return st.one_of(request_strategies(doc, token, valid_body))
+
+
+def request_strategies(doc: dict[str, Any], token: str | None,
+                       valid_body: bytes) -> list[st.SearchStrategy[FuzzRequest]]:
+    """One strategy per operation of ``doc``: schema-valid, mutated, or raw hostile bytes; query,
     form and path parameters from their examples or hostile text."""
     good = {"Authorization": f"Bearer {token}"} if token else {}
     auth = st.sampled_from([good] * 8 + [{}, {"Authorization": "Bearer wrong-token-in-header"},
@@ -252,7 +258,7 @@ def requests_for(doc: dict[str, Any], token: str | None, valid_body: bytes) -> s
             body = st.none() | st.binary(max_size=100)
         per_op.append(st.builds(lambda m, p, q, a, c, b, o: FuzzRequest(m, p, q, {**a, **c}, b, o),
                                 st.just(method), where, params, auth, ctype, body, st.just(path)))
-    return st.one_of(per_op)
+    return per_op
 
 
 # -- classification ------------------------------------------------------------------------------
@@ -306,21 +312,26 @@ def run_property(send: Callable[[FuzzRequest], tuple[int, bytes]], tally: Tally,
                  token: str | None, valid_body: bytes, upstream_down: Callable[[], bool] = lambda: False) -> None:
     """Send ``examples`` generated requests through ``send``, recording every answer in ``tally``."""
     doc = load_openapi()
+    strategies = request_strategies(doc, token, valid_body)
+    # Each operation gets its share of the examples: a random choice among ~40 left some out.
+    share = max(1, examples // len(strategies))
+    for index, strategy in enumerate(strategies):
+        count = share + (1 if index < examples - share * len(strategies) else 0)
 
-    @hseed(seed)
-    @hsettings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(requests_for(doc, token, valid_body))
-    def one(request: FuzzRequest) -> None:
-        try:
-            status, body = send(request)
-        except requests.RequestException as exc:
-            with tally.lock:
-                tally.sent += 1
-                tally.transport_errors.append(f"{type(exc).__name__} {request.describe()}")
-            return
-        tally.record(request, status, body, upstream_down=upstream_down())
+        @hseed(seed + index)
+        @hsettings(max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def one(request: FuzzRequest) -> None:
+            try:
+                status, body = send(request)
+            except requests.RequestException as exc:
+                with tally.lock:
+                    tally.sent += 1
+                    tally.transport_errors.append(f"{type(exc).__name__} {request.describe()}")
+                return
+            tally.record(request, status, body, upstream_down=upstream_down())
 
-    one()
+        one()
 
 
 # -- the full run against real processes ------------------------------------------------------------
