@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vigil.detectors import DEFAULT_MODEL
+
 from grafana_bodies import infinity_body, simpod_query
 from vigil.grouping import MAX_GROUP_SERIES, member_names
 
@@ -117,7 +119,8 @@ def test_a_quiet_group_stays_quiet_and_a_group_of_one_keeps_its_own_model(gclien
     solo = member_frames(frames, "solo")
     assert list(solo) == ["user"]
     solo_meta = next(f for f in frames if by_name(f).get("value", {}).get("labels", {}).get("instance") == "solo")
-    assert solo_meta["meta"]["custom"]["model"] == "iforest" and solo_meta["meta"]["custom"]["group"] == "instance=solo"
+    # A group of one keeps its own per-series model: the query's (`auto`, the seasonal baseline).
+    assert solo_meta["meta"]["custom"]["model"] == DEFAULT_MODEL and solo_meta["meta"]["custom"]["group"] == "instance=solo"
     notices = [n["text"] for n in frames[0]["meta"]["notices"]]
     assert any("1 group has one series only" in n for n in notices)
 

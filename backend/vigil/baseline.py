@@ -326,6 +326,10 @@ class SeasonalBaseline:
     def _spread_at(self, t: np.ndarray) -> np.ndarray:
         return self.scale_ * self.spread_factor_[self._bin(t)]
 
+    def spreads(self, times_ms: np.ndarray) -> np.ndarray:
+        """The robust spread at each time (the band is ``band_z_`` of these, or min_deviation)."""
+        return self._spread_at(np.asarray(times_ms, dtype=np.int64))
+
     def min_deviation_(self) -> float:
         """The smallest distance from ``yhat`` that can be anomalous, in the series' unit."""
         return max(self.min_deviation, self.min_relative_deviation * self.typical_)

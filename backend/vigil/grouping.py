@@ -156,7 +156,10 @@ def _group_models(detection: "Detection", fetched: FetchedView,
     if not groups:
         return {}
     query = fetched.query
-    plan = detection.training_plan(fetched)
+    # A group's forest has no incident search of its own: an unusual combination inside its
+    # training window would be learned as normal, so it trains on the history before the view
+    # (a group's verdict may therefore change with the view's start: documented).
+    plan = detection.training_plan(fetched, before_view=True)
     # The legend names the members in reasons, and the score's meaning depends on the scoring step.
     common = ("group", fetched.source, fetched.expr, query.group_by, fetched.legend, query.sensitivity,
               query.train_window_s, plan.train_step_s, fetched.step_s, query.exclude)

@@ -106,7 +106,7 @@ class GroupDetector:
         zs, means, per_series = [], [], []
         for j, baseline in enumerate(self.baselines_):
             s = baseline.score(t, x[:, j])
-            spread = (s.yhat_upper - s.yhat) / baseline.band_z_
+            spread = baseline.spreads(t)
             z = np.nan_to_num(np.clip((x[:, j] - s.yhat) / spread, -50, 50))  # a gap is no evidence
             zs.append(z)
             means.append(_trailing_mean(z, self.window))

@@ -413,9 +413,10 @@ class Detection:
             raise type(exc)(f"{where}: fetching training history: {exc.message}", code=exc.code) from None
         return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
 
-    def training_plan(self, fetched: FetchedView) -> "_TrainingPlan":
-        """Where the models of ``fetched`` train: ``train_window`` before the start of its refit slot."""
-        return _TrainingPlan.for_query(fetched.query, self.settings, fetched.step_s)
+    def training_plan(self, fetched: FetchedView, *, before_view: bool = False) -> "_TrainingPlan":
+        """Where the models of ``fetched`` train: ``train_window`` before the start of the refit
+        slot the query ends in, or (``before_view``) the one it starts in."""
+        return _TrainingPlan.for_query(fetched.query, self.settings, fetched.step_s, before_view=before_view)
 
     def fetch_training(self, fetched: FetchedView, plan: "_TrainingPlan", *, recent: bool
                        ) -> tuple[dict[str, Series], dict[str, Series]]:
@@ -466,11 +467,13 @@ class _TrainingPlan:
     max_points: int
 
     @classmethod
-    def for_query(cls, query: Query, settings: Settings, step_s: float) -> "_TrainingPlan":
+    def for_query(cls, query: Query, settings: Settings, step_s: float, *,
+                  before_view: bool = False) -> "_TrainingPlan":
         det = settings.detection
         refit_ms = int(det.refit_every_s * 1000)
-        # The slot the query ends in: every view of the same moment uses the same model.
-        slot = query.end_ms // refit_ms
+        # The slot the query ends in: every view of the same moment uses the same model. Group
+        # models (no incident search of their own) train before the view instead.
+        slot = (query.start_ms if before_view else query.end_ms) // refit_ms
         end_ms = slot * refit_ms
         return cls(slot=slot, start_ms=end_ms - int(query.train_window_s * 1000), end_ms=end_ms,
                    train_step_s=float(max(step_s, math.ceil(query.train_window_s / det.max_train_points))),
