@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 #: the order ``python -m bench`` runs them in; anything else discovered runs after these
-_FIRST = ("quality", "speed")
+_FIRST = ("realdata", "quality", "speed")
 #: run only when named (``make fuzz``): not a benchmark table but a robustness campaign
 _ONLY_WHEN_NAMED = ("fuzz",)
 
