@@ -127,8 +127,17 @@ def load_asd(server: str, data_dir: Path = DATA_DIR, max_rows: int | None = None
 
 # -- detectors ---------------------------------------------------------------------------------
 
+#: Threshold multiples of the trade-off curve (``--curve``): ``anomaly_score >= k`` opens an episode.
+CURVE = (0.67, 0.8, 1.25, 1.5, 2.0, 3.0)
+
+
 def flags_for(series: Labelled, detector: str) -> np.ndarray:
     """``is_anomaly`` (0/1 per row) of ``detector`` on ``series``, trained on its training rows."""
+    return flags_and_scores(series, detector)[0]
+
+
+def flags_and_scores(series: Labelled, detector: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(is_anomaly, anomaly_score or None for the naive baselines)``."""
     if detector.startswith("vigil:"):
         from vigil.replay import replay
 
@@ -137,7 +146,25 @@ def flags_for(series: Labelled, detector: str) -> np.ndarray:
             warnings.simplefilter("ignore")
             result = replay(series.times_ms, series.values, model=model, sensitivity=sensitivity,
                             train_rows=series.train_rows)
-        return result.is_anomaly.astype(np.int8)
+        return result.is_anomaly.astype(np.int8), result.scores.anomaly_score
+    return naive_flags(series, detector), None
+
+
+def flags_at(series: Labelled, score: np.ndarray, multiple: float) -> np.ndarray:
+    """``is_anomaly`` with the episode hysteresis at ``multiple`` times the default threshold.
+
+    The same scores (models trained with the default's flags left out), re-thresholded: one
+    replay gives the whole false-alarms-against-recall curve.
+    """
+    from vigil.episodes import Hysteresis, quiet_points_for
+
+    diffs = np.diff(series.times_ms)
+    step_s = float(np.median(diffs[diffs > 0])) / 1000.0 if (diffs > 0).any() else 60.0
+    state = Hysteresis(enter_score=multiple, exit_score=0.8 * multiple, quiet_points=quiet_points_for(step_s))
+    return state.update(score)
+
+
+def naive_flags(series: Labelled, detector: str) -> np.ndarray:
     if detector == "iforest-lags":
         return _iforest_lags(series.values, series.train_rows)
     if detector == "robust-z":
@@ -236,27 +263,30 @@ def score_flags(series: Labelled, flags: np.ndarray, detector: str, seconds: flo
 
 # -- running -----------------------------------------------------------------------------------
 
-def _task(args: tuple[str, str, int | None, tuple[str, ...]]) -> list[Outcome]:
-    corpus, key, max_rows, detectors = args
+def _task(args: tuple[str, str, int | None, tuple[str, ...], tuple[str, ...]]) -> list[Outcome]:
+    corpus, key, max_rows, detectors, curves = args
     items = [load_kpi(Path(key), max_rows)] if corpus == "kpi" else load_asd(key, max_rows=max_rows)
     out = []
     for series in items:
         for det in detectors:
             started = _clock.perf_counter()
-            flags = flags_for(series, det)
+            flags, score = flags_and_scores(series, det)
             out.append(score_flags(series, flags, det, _clock.perf_counter() - started))
+            if det in curves and score is not None:
+                for k in CURVE:
+                    out.append(score_flags(series, flags_at(series, score, k), f"{det} x{k:g}"))
     return out
 
 
 def run(corpora: tuple[str, ...], detectors: tuple[str, ...], *, jobs: int = 2, max_rows: int | None = None,
-        limit: int | None = None, data_dir: Path = DATA_DIR) -> list[Outcome]:
-    tasks: list[tuple[str, str, int | None, tuple[str, ...]]] = []
+        limit: int | None = None, data_dir: Path = DATA_DIR, curves: tuple[str, ...] = ()) -> list[Outcome]:
+    tasks: list[tuple[str, str, int | None, tuple[str, ...], tuple[str, ...]]] = []
     if "kpi" in corpora:
         files = kpi_files(data_dir)[:limit] if limit else kpi_files(data_dir)
-        tasks += [("kpi", str(p), max_rows, detectors) for p in files]
+        tasks += [("kpi", str(p), max_rows, detectors, curves) for p in files]
     if "asd" in corpora:
         servers = asd_servers(data_dir)[:limit] if limit else asd_servers(data_dir)
-        tasks += [("asd", s, max_rows, detectors) for s in servers]
+        tasks += [("asd", s, max_rows, detectors, curves) for s in servers]
     # Biggest first, so the pool does not end on one long series.
     tasks.sort(key=lambda a: -(Path(a[1]).stat().st_size if a[0] == "kpi" else 0))
     outcomes: list[Outcome] = []
@@ -308,8 +338,12 @@ def summarise(outcomes: list[Outcome]) -> list[Row]:
                         float(np.median(delays)) if delays else math.nan, events, episodes,
                         sum(o.seconds for o in items)))
     order = {d: i for i, d in enumerate(DEFAULT_DETECTORS)}
-    rows.sort(key=lambda r: (r.corpus, order.get(r.detector, 99), r.detector))
+    rows.sort(key=lambda r: (r.corpus, order.get(r.detector.split(" ")[0], 99), _multiple(r.detector), r.detector))
     return rows
+
+
+def _multiple(detector: str) -> float:
+    return float(detector.split(" x")[1]) if " x" in detector else 1.0
 
 
 def table(rows: list[Row]) -> str:
@@ -332,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=None, help="first N rows of each series only (quick runs)")
     parser.add_argument("--series", type=int, default=None, help="first N KPIs / servers only (quick runs)")
     parser.add_argument("--data", default=str(DATA_DIR), help="the data folder (default ../shared/data)")
+    parser.add_argument("--curve", default="vigil:auto:medium",
+                        help="detectors whose false-alarms-against-recall curve is printed too (rows 'xK': the "
+                             "threshold at K times the default, from the same scores); empty for none")
     args = parser.parse_args(argv)
     data_dir = Path(args.data)
     if not (data_dir / "kpi").is_dir():
@@ -339,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = _clock.monotonic()
     outcomes = run(tuple(args.corpus.split(",")), tuple(args.detectors.split(",")), jobs=args.jobs,
-                   max_rows=args.max_rows, limit=args.series, data_dir=data_dir)
+                   max_rows=args.max_rows, limit=args.series, data_dir=data_dir,
+                   curves=tuple(c for c in args.curve.split(",") if c))
     print(table(summarise(outcomes)))
     print(f"\n{len(outcomes)} series-runs in {_clock.monotonic() - started:.0f} s "
           f"(max_rows={args.max_rows}, series={args.series}); F1 is event F1, never point-adjusted")
