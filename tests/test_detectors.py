@@ -67,7 +67,11 @@ def test_quality_floor_on_spikes(model):
     aucs, recalls = zip(*(_auc_and_recall(model, shape, "spike", seed)
                           for seed, shape in enumerate(["cpu", "request_rate", "latency"])))
     assert min(aucs) >= 0.8, aucs
-    assert np.mean(recalls) >= 0.6, recalls  # the benchmark measures ~0.8 over 30 events
+    # Spikes of 4-8 spreads, three per series: the medium threshold sits at about 6 spreads on a
+    # clean series, because out of sample on the real corpora it had to sit ~1.7x beyond the
+    # in-sample weekly extreme to keep one false alarm a week (calibration.out_of_sample_factor).
+    # Was >= 0.6 with a factor of 1.2 (and 2.6 false alarms per KPI per week).
+    assert np.mean(recalls) >= 0.3, recalls
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -78,7 +82,10 @@ def test_quality_floor_on_level_shifts(model):
     # follows it, as a deploy's new level should): its later points rightly score low, which
     # costs point-wise AUC over a many-hour shift, not detection.
     assert np.mean(aucs) >= 0.75, aucs
-    assert np.mean(recalls) >= 0.6, recalls
+    # Shifts of 3-5 spreads: the band (about 6 spreads at medium, see the spike test) misses the
+    # smaller ones; the sustained statistic (an hour's median beyond 70 % of the band) finds the
+    # larger. Was >= 0.6 at 2.6 false alarms per KPI per week.
+    assert np.mean(recalls) >= 0.5, recalls
 
 
 def test_a_stuck_series_is_caught_by_the_forest():
