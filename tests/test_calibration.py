@@ -58,3 +58,12 @@ def test_one_threshold_means_the_same_at_any_scale():
     a = fit_detector("iforest", s.times_ms, s.values, step_s=300).score(s.times_ms, s.values)
     b = fit_detector("iforest", s.times_ms, s.values * 1e6, step_s=300).score(s.times_ms, s.values * 1e6)
     np.testing.assert_allclose(a.anomaly_score, b.anomaly_score, rtol=1e-6, atol=1e-6)
+
+
+def test_the_out_of_sample_factor_grows_with_the_return_period():
+    from vigil.calibration import episodes_per_day, out_of_sample_factor
+
+    high, medium, low = (out_of_sample_factor(episodes_per_day(s)) for s in ("high", "medium", "low"))
+    assert abs(medium - 1.68) < 1e-9
+    assert 1.15 < high < 1.3 and 2.0 < low < 2.2
+    assert out_of_sample_factor(100.0) == 1.0  # never narrows an in-sample extrapolation
