@@ -22,19 +22,21 @@ series would otherwise be out of order) and within retention (30 days here).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pytest
 import yaml
@@ -366,3 +368,40 @@ def start_node_exporter(tmp_path: Path | None = None) -> Process:
         [binary, f"--web.listen-address=127.0.0.1:{port}", "--no-collector.systemd"],
         port, workdir, "/metrics",
     ))
+
+
+@contextlib.contextmanager
+def running_serve(tmp_path: Path, config_yaml: str, prometheus_url: str,
+                  env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """``vigil serve`` as it ships (gunicorn) on a free loopback port, with ``config_yaml``;
+    yields ``(url, process, log path)`` once ``/healthz`` answers, and stops it after."""
+    import requests
+
+    port = free_port()
+    config = tmp_path / "vigil.yaml"
+    config.write_text(config_yaml)
+    log_path = tmp_path / "serve.log"
+    environment = {**os.environ, **(env or {})}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vigil.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
+             "--port", str(port), "--prometheus-url", prometheus_url],
+            stdout=log, stderr=subprocess.STDOUT, env=environment)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            if proc.poll() is not None:
+                pytest.fail(log_path.read_text())
+            return False
+
+    try:
+        wait_for(up, deadline_s=30)
+        yield url, proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -396,40 +396,13 @@ def test_no_access_log_no_token_and_no_metrics_dir_left(served_plain, tmp_path):
 
 @pytest.fixture()
 def served_plain(seeded_prometheus, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from realstack import running_serve
 
-    from realstack import free_port
-
-    port = free_port()
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    config = tmp_path / "vigil.yaml"
-    config.write_text("server:\n  workers: 1\n  threads: 2\n")
-    log_path = tmp_path / "serve.log"
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
-             "--port", str(port), "--prometheus-url", seeded_prometheus.url],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return proc.poll() is not None and pytest.fail(log_path.read_text())
-
-    try:
-        wait_for(up, deadline_s=30)
-        yield url, proc, log_path
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with running_serve(tmp_path, "server:\n  workers: 1\n  threads: 2\n", seeded_prometheus.url,
+                       env={"TMPDIR": str(tmp)}) as served:
+        yield served
 
 
 # -- the worker's port ---------------------------------------------------------------------------

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import requests
 
 from grafana_bodies import simpod_query
-from realstack import free_port, wait_for
+from realstack import running_serve
 
 pytestmark = pytest.mark.real
 
@@ -21,32 +18,9 @@ TOKEN = "tok-3f9a-never-logged"
 
 @pytest.fixture()
 def served(seeded_prometheus, tmp_path):
-    port = free_port()
-    config = tmp_path / "vigil.yaml"
-    config.write_text("server:\n  workers: 2\n  threads: 2\n  token: ${TEST_VIGIL_TOKEN}\n")
-    log_path = tmp_path / "serve.log"
-    env = {**os.environ, "TEST_VIGIL_TOKEN": TOKEN}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
-             "--port", str(port), "--prometheus-url", seeded_prometheus.url],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return proc.poll() is not None and pytest.fail(log_path.read_text())
-
-    try:
-        wait_for(up, deadline_s=30)
-        yield url, proc, log_path
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    config = "server:\n  workers: 2\n  threads: 2\n  token: ${TEST_VIGIL_TOKEN}\n"
+    with running_serve(tmp_path, config, seeded_prometheus.url, env={"TEST_VIGIL_TOKEN": TOKEN}) as served:
+        yield served
 
 
 def test_serve_answers_grafana_and_logs_json_without_secrets(served, seeded_prometheus):
