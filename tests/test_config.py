@@ -145,3 +145,36 @@ jobs:
         f"{path}: jobs[1].query: must be a balanced expression (the string opened by \" at character 36 is never "
         "closed); got 'histogram_quantile(0.9, rate(x{job=\"api}[5m]))'",
     ]
+
+
+def test_file_values_are_not_coerced_across_types(tmp_path):
+    # In the file a number is not a token and true is not a thread count; only the environment is text.
+    path = write(tmp_path, "server:\n  token: 12345\n  threads: true\n")
+    text = "\n".join(check_config(path, environ={}))
+    assert f"{path}: server.token: must be a string; got 12345" in text
+    assert f"{path}: server.threads: must be an integer; got True" in text
+
+
+def test_cross_field_rules_still_run_and_name_the_job_by_its_place_in_the_file(tmp_path):
+    # jobs[0] cannot be built (no name); the duplicate is still found, and called jobs[2], not jobs[1].
+    path = write(tmp_path, """
+jobs:
+  - {query: up}
+  - {name: cpu, query: up}
+  - {name: cpu, query: up}
+worker:
+  lookback: 1m
+""")
+    problems = check_config(path, environ={})
+    assert f"{path}: jobs[0].name: must be set; got None" in problems
+    assert f"{path}: jobs[2].name: must be unique; got 'cpu'" in problems
+    assert any("worker.lookback: must be at least two scoring steps" in p for p in problems)
+    assert len(problems) == 3
+
+
+def test_code_builds_sections_by_attribute_name_but_files_use_the_yaml_key(tmp_path):
+    from vigil.config import GrafanaSettings
+
+    assert GrafanaSettings(request_timeout_s=3.0).request_timeout_s == 3.0
+    path = write(tmp_path, "grafana:\n  request_timeout_s: 3\n")
+    assert any("grafana.request_timeout_s: must be a known key" in p for p in check_config(path, environ={}))
