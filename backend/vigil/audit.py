@@ -100,6 +100,14 @@ _EPISODE_FIELDS = (
 )
 
 
+def _known_fields(values: Mapping[str, Any]) -> None:
+    """A key that is not a column is a bug in the caller: say so instead of dropping it."""
+    unknown = sorted(set(values) - set(_EPISODE_FIELDS))
+    if unknown:
+        raise ValueError(f"episode fields must be columns of the episodes table ({', '.join(_EPISODE_FIELDS)}); "
+                         f"got {', '.join(unknown)}")
+
+
 def new_episode_id() -> str:
     """16 hex digits, random: unique across stores, so a Grafana tag never matches an old episode."""
     return uuid.uuid4().hex[:16]
@@ -241,6 +249,7 @@ class AuditStore:
 
     def insert_episode(self, db: sqlite3.Connection, values: Mapping[str, Any], now_ms: int) -> str:
         """Inside a transaction: a new episode row; returns its id."""
+        _known_fields(values)
         row = dict(values)
         row.setdefault("id", new_episode_id())
         row["labels"] = json.dumps(row["labels"], sort_keys=True)
@@ -255,7 +264,8 @@ class AuditStore:
 
     def update_episode(self, db: sqlite3.Connection, episode_id: str, values: Mapping[str, Any], now_ms: int) -> None:
         """Inside a transaction: change some fields of an episode."""
-        row = {k: v for k, v in values.items() if k in _EPISODE_FIELDS and k != "id"}
+        _known_fields(values)
+        row = {k: v for k, v in values.items() if k != "id"}
         if "labels" in row:
             row["labels"] = json.dumps(row["labels"], sort_keys=True)
         row["updated_ms"] = now_ms

@@ -32,7 +32,8 @@ from .audit import AuditStore
 from .config import ConfigError, JobSettings, Settings, config_path, load_settings
 from .outbox import Outbox
 from .series import series_key
-from .tracker import Change, ObservedSeries, track
+from .sinks import Sink
+from .tracker import Change, Extended, ObservedSeries, Started, track
 from .units import parse_min_deviation
 from .worker_metrics import MetricsServer, WorkerMetrics
 
@@ -86,7 +87,7 @@ class Worker:
         *,
         store: AuditStore | None = None,
         detection: Any = None,
-        sinks: Mapping[str, Any] | None = None,
+        sinks: Mapping[str, Sink] | None = None,
         metrics: WorkerMetrics | None = None,
         shard_index: int | None = None,
         shard_count: int | None = None,
@@ -221,36 +222,35 @@ class Worker:
             return counts
         with self.store.transaction() as db:
             for change in changes:
-                values = dict(change.values)
-                cause = values.pop("end_cause", None)
-                if change.kind == "start":
+                values = change.fields()
+                if isinstance(change, Started):
                     values["alert_state"] = "pending" if "alertmanager" in sinks else "off"
                     episode_id = self.store.insert_episode(db, values, now_ms)
                     self.store.log_event(db, "episode_started", now_ms, episode_id=episode_id,
                                          detail=_event_detail(values))
                     counts["started"] += 1
                     logs.append(("episode_started", episode_id, values))
-                    if values.get("end_ms") is not None:
+                    if change.episode.end_ms is not None:
                         self.store.log_event(db, "episode_ended", now_ms, episode_id=episode_id,
-                                             detail={"end_ms": values["end_ms"], "cause": "closed"})
+                                             detail={"end_ms": change.episode.end_ms, "cause": "closed"})
                         counts["ended"] += 1
                         logs.append(("episode_ended", episode_id, values))
                     for sink in sinks:
                         self.store.enqueue(db, episode_id, sink, now_ms)
-                elif change.kind == "extend":
-                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                elif isinstance(change, Extended):
+                    self.store.update_episode(db, change.episode_id, values, now_ms)
                     counts["extended"] += 1
                     if "grafana" in sinks:
-                        self.store.enqueue(db, change.episode_id, "grafana", now_ms)  # type: ignore[arg-type]
-                elif change.kind == "end":
-                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                        self.store.enqueue(db, change.episode_id, "grafana", now_ms)
+                else:
+                    self.store.update_episode(db, change.episode_id, values, now_ms)
                     self.store.log_event(db, "episode_ended", now_ms, episode_id=change.episode_id,
-                                         detail={"end_ms": values["end_ms"], "cause": cause})
+                                         detail={"end_ms": change.update.end_ms, "cause": change.cause})
                     counts["ended"] += 1
-                    logs.append(("episode_ended", change.episode_id, {**values, "series_key": change.series_key,
-                                                                     "cause": cause}))  # type: ignore[arg-type]
+                    logs.append(("episode_ended", change.episode_id,
+                                 {**values, "series_key": change.series_key, "cause": change.cause}))
                     for sink in sinks:
-                        self.store.enqueue(db, change.episode_id, sink, now_ms)  # type: ignore[arg-type]
+                        self.store.enqueue(db, change.episode_id, sink, now_ms)
         for kind, episode_id, logged in logs:  # after the commit: a log line never claims what is not stored
             (self.metrics.episodes_started if kind == "episode_started" else self.metrics.episodes_ended).labels(job.name).inc()
             log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, logged.get("series_key", ""),
@@ -343,8 +343,8 @@ def _make_detection(settings: Settings) -> Any:
     return Detection(settings, PrometheusClient.from_settings(settings.prometheus), loki, cache=cache)
 
 
-def _make_sinks(settings: Settings) -> dict[str, Any]:
-    sinks: dict[str, Any] = {}
+def _make_sinks(settings: Settings) -> dict[str, Sink]:
+    sinks: dict[str, Sink] = {}
     if settings.grafana.url:
         from .annotations import GrafanaSink
 
