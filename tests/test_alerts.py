@@ -72,6 +72,9 @@ def test_firing_then_resolved_alert_body():
     assert "0.97" in firing["annotations"]["description"]
     link = firing["annotations"]["runbook_url"]
     assert link.startswith("https://grafana.example.com/d/vigil-overview?viewPanel=4&from=") and firing["generatorURL"] == link
+    assert firing["annotations"]["description"].endswith(f"Panel: {link}")  # readable where only the text shows
+    no_panel = sink.alert(episode(), JOB.model_copy(update={"dashboard_uid": None}), NOW_MS)
+    assert "Panel:" not in no_panel["annotations"]["description"]  # Grafana's home is not a panel
     resolved = sink.alert(episode(end_ms=NOW_MS - 60_000), JOB, NOW_MS)
     from vigil.units import iso_from_ms
     assert resolved["endsAt"] == iso_from_ms(NOW_MS - 60_000)

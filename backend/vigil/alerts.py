@@ -136,6 +136,8 @@ class AlertmanagerSink:
             # would not say what was measured.
             annotations["query"] = job.query
             annotations["description"] += f" Query: {job.query}"
+        if link and job is not None and job.dashboard_uid:
+            annotations["description"] += f" Panel: {link}"
         if link:
             annotations["runbook_url"] = link
             annotations["dashboard_url"] = link
