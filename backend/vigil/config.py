@@ -174,6 +174,11 @@ class ExcludeWindow(_Section):
     start_ms: Instant = Field(validation_alias="start")
     end_ms: Instant = Field(validation_alias="end")
 
+    def __init__(self, start_ms: Any = None, end_ms: Any = None, **data: Any) -> None:
+        """``ExcludeWindow(start_ms, end_ms)`` in code, as the value pair it is."""
+        given = {"start_ms": start_ms, "end_ms": end_ms}
+        super().__init__(**{k: v for k, v in given.items() if v is not None}, **data)
+
 
 class JobSettings(_Section):
     name: Annotated[str, AfterValidator(rules.job_name)]
