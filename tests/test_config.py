@@ -98,8 +98,9 @@ jobs:
 
 def test_settings_replace_returns_a_copy():
     s = Settings()
-    t = s.replace(server={"port": 1234})
+    t = s.replace(server={"port": 1234, "token": "s3cret"})
     assert t.server.port == 1234 and s.server.port == 8080
+    assert t.server.token == "s3cret" and "s3cret" not in repr(t)
 
 
 def test_check_config_command_exit_codes(tmp_path):
@@ -151,7 +152,7 @@ def test_file_values_are_not_coerced_across_types(tmp_path):
     # In the file a number is not a token and true is not a thread count; only the environment is text.
     path = write(tmp_path, "server:\n  token: 12345\n  threads: true\n")
     text = "\n".join(check_config(path, environ={}))
-    assert f"{path}: server.token: must be a string; got 12345" in text
+    assert f"{path}: server.token: must be a string; got a value not shown (a secret)" in text
     assert f"{path}: server.threads: must be an integer; got True" in text
 
 
@@ -178,3 +179,13 @@ def test_code_builds_sections_by_attribute_name_but_files_use_the_yaml_key(tmp_p
     assert GrafanaSettings(request_timeout_s=3.0).request_timeout_s == 3.0
     path = write(tmp_path, "grafana:\n  request_timeout_s: 3\n")
     assert any("grafana.request_timeout_s: must be a known key" in p for p in check_config(path, environ={}))
+
+
+def test_a_secret_from_a_file_named_in_the_environment_and_a_wrong_secret_is_never_printed(tmp_path):
+    token = tmp_path / "grafana-token"
+    token.write_text("glsa_from_file\n")
+    s = load_settings(None, environ={"VIGIL_GRAFANA_TOKEN_FILE": str(token)})
+    assert s.grafana.token == "glsa_from_file" and "glsa_from_file" not in repr(s)
+    path = write(tmp_path, "server:\n  token: 987654321\n")
+    [problem] = check_config(path, environ={})
+    assert problem == f"{path}: server.token: must be a string; got a value not shown (a secret)"

@@ -20,6 +20,7 @@ error here), and a ``BaseSettings()`` reads ``os.environ`` when constructed, whi
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Mapping
@@ -217,7 +218,12 @@ class Settings(_Section):
         changed = {}
         for name, value in sections.items():
             current = getattr(self, name)
-            changed[name] = current.model_copy(update=value) if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                secrets = _secret_keys().get(name, [])  # a token given as text still hides in repr
+                value = {k: Secret(v) if k in secrets and isinstance(v, str) and v else v for k, v in value.items()}
+                changed[name] = current.model_copy(update=value)
+            else:
+                changed[name] = value
         return self.model_copy(update=changed)
 
 
@@ -292,6 +298,7 @@ def load_settings(
     return settings
 
 
+@functools.cache
 def _secret_keys() -> dict[str, list[str]]:
     """Section -> the keys that hold secrets (and so may also be given as ``<key>_file``)."""
     out: dict[str, list[str]] = {}

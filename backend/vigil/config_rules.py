@@ -271,6 +271,8 @@ def dotted(loc: tuple[Any, ...], kept_jobs: list[int]) -> str:
 
 def problem_text(source: str, error: Any, root: type[BaseModel], kept_jobs: list[int]) -> str:
     kind, loc, got = error["type"], tuple(error["loc"]), error.get("input")
+    if kind != "extra_forbidden" and _is_secret_at(root, loc):
+        got = _Hidden()  # a secret is never printed, not even a wrong one
     if kind == "value_error":
         must = str(error["ctx"]["error"])
     elif kind == "extra_forbidden":
@@ -297,6 +299,27 @@ def known_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     keys = [f.validation_alias or name for name, f in model.model_fields.items()]
     keys += [f"{name}_file" for name, f in model.model_fields.items() if _is_secret(f.annotation)]
     return sorted(str(k) for k in keys)
+
+
+class _Hidden:
+    def __repr__(self) -> str:
+        return "a value not shown (a secret)"
+
+
+def _is_secret_at(root: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    model: Any = root
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if (f.validation_alias or name) == part), None)
+        if field is None:
+            return False
+        if i == len(loc) - 1:
+            return _is_secret(field.annotation)
+        model = _inner_model(field.annotation)
+        if model is None:
+            return False
+    return False
 
 
 def _inner_model(annotation: Any) -> Any:
