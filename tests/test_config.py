@@ -150,8 +150,10 @@ jobs:
 
 def test_file_values_are_not_coerced_across_types(tmp_path):
     # In the file a number is not a token and true is not a thread count; only the environment is text.
-    path = write(tmp_path, "server:\n  token: 12345\n  threads: true\n")
-    text = "\n".join(check_config(path, environ={}))
+    path = write(tmp_path, "server:\n  token: 12345\n  threads: true\n  port: 80.0\n")
+    text = "\n".join(check_config(path, environ={"VIGIL_SERVER_WORKERS": "2.0"}))
+    assert f"{path}: server.port: must be an integer; got 80.0" in text
+    assert f"{path}: server.workers: must be an integer; got '2.0'" in text
     assert f"{path}: server.token: must be a string; got a value not shown (a secret)" in text
     assert f"{path}: server.threads: must be an integer; got True" in text
 

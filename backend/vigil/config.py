@@ -54,8 +54,7 @@ __all__ = [
 ]
 
 # Field types: each checks its own rule and names it in the "must be" of its error.
-Integer = Annotated[int, BeforeValidator(rules.number_text("an integer"))]
-Number = Annotated[float, BeforeValidator(rules.number_text("a number"))]
+Integer = Annotated[int, BeforeValidator(rules.integer)]
 AtLeastOne = Annotated[Integer, AfterValidator(rules.at_least_one)]
 Port = Annotated[Integer, AfterValidator(rules.port)]
 Duration = Annotated[float, BeforeValidator(rules.duration_s)]

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from pydantic import BaseModel
 from pydantic_core import core_schema
@@ -63,13 +63,16 @@ class Secret(str):
 # One field's rule: a ValueError's text is the "must be ..." of the message.
 
 
-def number_text(kind: str) -> Callable[[Any], Any]:
-    """Text from the environment is read as a number; ``true`` is not a number."""
-    def check(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(kind)
-        return value.strip() if isinstance(value, str) else value
-    return check
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+def integer(value: Any) -> Any:
+    """An integer, or text from the environment that spells one; not ``true``, not ``80.0``."""
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("an integer")
+    return value
 
 
 def at_least_one(value: int) -> int:
