@@ -15,9 +15,9 @@ compute scores itself (``vigil.pipeline.Detection`` does).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 from .audit import AuditStore
 from .config import ConfigError, JobSettings, Settings, config_path, load_settings
+from .logs import configure_logging
 from .outbox import Outbox
 from .series import series_key
 from .sinks import Sink
@@ -373,10 +374,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address of the /metrics server (default worker.metrics_host, 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of the /metrics server (default worker.metrics_port; 0 = any free port)")
+    parser.add_argument("--log-level", default=os.environ.get("VIGIL_LOG_LEVEL", "info"),
+                        help="debug, info, warning or error (default $VIGIL_LOG_LEVEL, else info)")
 
 
 def run(args: argparse.Namespace) -> int:
-    _setup_logging()
+    configure_logging(args.log_level)
     path = config_path(args.config)
     if path is None:
         print("vigil worker: --config or $VIGIL_CONFIG: must name the YAML configuration with the jobs; got neither",
@@ -419,33 +422,3 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         worker.store.close()
     return 0
-
-
-class _JsonFormatter(logging.Formatter):
-    """Fallback JSON-lines formatter, used only when ``vigil.logs`` is not available."""
-
-    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def _setup_logging() -> None:
-    try:
-        from . import logs  # the project's JSON formatter, when present
-    except ImportError:
-        logs = None  # type: ignore[assignment]
-    setup = getattr(logs, "configure_logging", None) or getattr(logs, "setup_logging", None) or getattr(logs, "configure", None)
-    if setup is not None:
-        setup()
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
