@@ -204,7 +204,7 @@ class Worker:
         return reason
 
     def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
-        error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        error = f"{type(exc).__name__}: {exc}"  # a VigilError's str is its message
         self.metrics.job_failures.labels(job.name).inc()
         self.metrics.job_duration.labels(job.name).observe(duration_s)
         state = self._states.get(job.name)
