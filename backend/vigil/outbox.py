@@ -28,6 +28,7 @@ from .audit import AuditStore, OutboxItem, StoredEpisode
 from .config import JobSettings
 from .errors import DeliveryTimeout
 from .sinks import Remember, Sink
+from .worker_metrics import WorkerMetrics
 
 __all__ = ["Outbox", "DeliveryReport", "backoff_s"]
 
@@ -67,7 +68,7 @@ class Outbox:
         max_backoff_s: float = 300.0,
         base_backoff_s: float = BASE_BACKOFF_S,
         resend_every_s: float | None = 60.0,
-        metrics: Any = None,
+        metrics: WorkerMetrics | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
