@@ -26,7 +26,7 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .audit import AuditStore
 from .config import ConfigError, JobSettings, Settings, config_path, load_settings
@@ -37,6 +37,9 @@ from .sinks import Sink
 from .tracker import Change, Extended, ObservedSeries, Started, track
 from .units import parse_min_deviation
 from .worker_metrics import MetricsServer, WorkerMetrics
+
+if TYPE_CHECKING:  # the pipeline (scikit-learn) is imported when a worker is made, not with this module
+    from .pipeline import Detection
 
 __all__ = ["Worker", "JobOutcome", "in_shard", "add_arguments", "run"]
 
@@ -87,7 +90,7 @@ class Worker:
         settings: Settings,
         *,
         store: AuditStore | None = None,
-        detection: Any = None,
+        detection: Detection | None = None,
         sinks: Mapping[str, Sink] | None = None,
         metrics: WorkerMetrics | None = None,
         shard_index: int | None = None,
@@ -332,7 +335,7 @@ def _event_detail(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in keys if k in values}
 
 
-def _make_detection(settings: Settings) -> Any:
+def _make_detection(settings: Settings) -> Detection:
     from .model_cache import ModelCache
     from .pipeline import Detection
     from .prometheus import LokiClient, PrometheusClient
