@@ -149,9 +149,11 @@ def service_settings(seeded_prometheus: SeededPrometheus):
     return Settings().replace(prometheus={"url": seeded_prometheus.url, "request_timeout_s": 5.0})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service_app(service_settings):
-    """One app for the session, so tests also see the model cache at work."""
+    """One app (and model cache, and metrics registry) per test module: the tests of one module
+    see the cache at work, and no module depends on what another one fitted or counted. Not per
+    test: every test would then refit every model, which on a slow machine multiplies the suite."""
     from vigil.http.app import create_app
 
     return create_app(service_settings)

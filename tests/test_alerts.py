@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ from realstack import AMTOOL, free_port, require_binary
 from vigil.alerts import ALERT_NAME, AlertmanagerSink, DeliveryError, alert_labels, panel_url
 from vigil.audit import StoredEpisode
 from vigil.config import AlertmanagerSettings, GrafanaSettings, JobSettings
+from vigil.errors import DeliveryTimeout
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "alerting" / "alertmanager"
@@ -72,6 +74,9 @@ def test_firing_then_resolved_alert_body():
     assert "0.97" in firing["annotations"]["description"]
     link = firing["annotations"]["runbook_url"]
     assert link.startswith("https://grafana.example.com/d/vigil-overview?viewPanel=4&from=") and firing["generatorURL"] == link
+    assert firing["annotations"]["description"].endswith(f"Panel: {link}")  # readable where only the text shows
+    no_panel = sink.alert(episode(), JOB.model_copy(update={"dashboard_uid": None}), NOW_MS)
+    assert "Panel:" not in no_panel["annotations"]["description"]  # Grafana's home is not a panel
     resolved = sink.alert(episode(end_ms=NOW_MS - 60_000), JOB, NOW_MS)
     from vigil.units import iso_from_ms
     assert resolved["endsAt"] == iso_from_ms(NOW_MS - 60_000)
@@ -82,6 +87,17 @@ def test_unreachable_alertmanager_is_a_delivery_error():
     sink = AlertmanagerSink(AlertmanagerSettings(url=f"http://127.0.0.1:{free_port()}", request_timeout_s=1))
     with pytest.raises(DeliveryError, match="unreachable"):
         sink.send(episode(), JOB, NOW_MS)
+    with pytest.raises(DeliveryError) as refused:
+        sink.send(episode(), JOB, NOW_MS)
+    assert not isinstance(refused.value, DeliveryTimeout)  # refused at once: the usual backoff
+
+
+def test_an_alertmanager_that_does_not_answer_is_a_delivery_timeout():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        sink = AlertmanagerSink(AlertmanagerSettings(url=url, request_timeout_s=0.3))
+        with pytest.raises(DeliveryTimeout, match="did not answer within 0.3s"):
+            sink.send(episode(), JOB, NOW_MS)
 
 
 # -- the shipped configuration against a real Alertmanager ---------------------------------------

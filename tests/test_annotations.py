@@ -102,6 +102,10 @@ def test_grafana_timeout_makes_no_second_annotation(tmp_path, grafana):
     assert len(grafana.annotations) == 1 and len(grafana.creates()) == 1
     kinds = [e["kind"] for e in store.events(episode_id=episode_id)]
     assert "delivery_failed" in kinds and "annotation_recovered" in kinds
+    [failure] = [e["detail"] for e in store.events(episode_id=episode_id) if e["kind"] == "delivery_failed"]
+    # Known as a timeout by its type: the retry waited 3 x the 0.5 s timeout for Grafana to finish.
+    assert failure["error"].startswith("DeliveryTimeout: grafana did not answer within 0.5s")
+    assert failure["retry_in_s"] >= 1.5
 
 
 def test_grafana_finishing_very_late_leaves_one_annotation_once_the_episode_ends(tmp_path, grafana):

@@ -173,7 +173,7 @@ def test_audit_piped_into_head_exits_quietly(tmp_path):
 
 
 def test_audit_table_cuts_long_cells_visibly_except_with_wide(capsys):
-    from vigil.audit import _print
+    from vigil.audit_cli import _print
 
     row = {"series": "instance=" + "x" * 80, "reason": "r" * 150}
     _print([row], False, ("series", "reason"))

@@ -97,7 +97,7 @@ def stack(prometheus_factory, node_exporter: Process, service_port: int) -> Iter
         wait_for(lambda: prometheus.get_json("/api/v1/query", query=f'node_uname_info{{instance="{live_instance}"}}')
                  ["data"]["result"], deadline_s=30, what="the first scrape of node_exporter")
         yield {"prometheus": prometheus, "url": f"http://127.0.0.1:{service_port}", "live_instance": live_instance,
-               "now_ms": int(time.time() * 1000)}
+               "now_ms": int(time.time() * 1000), "history_end_ms": end_s * 1000}
     finally:
         server.shutdown()
         server.server_close()
@@ -344,9 +344,14 @@ def test_alert_rule_queries_return_one_latest_point_per_series(stack):
     for rule in rules:
         for item in rule["data"]:
             if item["datasourceUid"] == "vigil-prometheus":
-                # Grafana alerting's instant query: POST /api/v1/query with query and time.
-                data = prom(stack, "/api/v1/query", {"query": item["model"]["expr"],
-                                                     "time": stack["now_ms"] / 1000})
+                # Grafana alerting's instant query: POST /api/v1/query with query and time. The time
+                # is one the backfilled history covers: its last sample is a step before
+                # history_end, and when the wall clock had crossed a minute boundary since
+                # history_end was chosen, the last rate(...[5m]) point of the query's grid fell
+                # more than 5 minutes before "now", outside the instant query's lookback (the test
+                # failed whenever it started in the last seconds of a minute).
+                at_ms = min(stack["now_ms"], stack["history_end_ms"] + STEP_S * 1000)
+                data = prom(stack, "/api/v1/query", {"query": item["model"]["expr"], "time": at_ms / 1000})
                 assert data["resultType"] == "vector" and data["result"], f"{rule['uid']} {item['refId']}: no series"
                 labels = [tuple(sorted(r["metric"].items())) for r in data["result"]]
                 assert len(labels) == len(set(labels)), "one point per series (one alert instance each)"

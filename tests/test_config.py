@@ -98,8 +98,9 @@ jobs:
 
 def test_settings_replace_returns_a_copy():
     s = Settings()
-    t = s.replace(server={"port": 1234})
+    t = s.replace(server={"port": 1234, "token": "s3cret"})
     assert t.server.port == 1234 and s.server.port == 8080
+    assert t.server.token == "s3cret" and "s3cret" not in repr(t)
 
 
 def test_check_config_command_exit_codes(tmp_path):
@@ -145,3 +146,48 @@ jobs:
         f"{path}: jobs[1].query: must be a balanced expression (the string opened by \" at character 36 is never "
         "closed); got 'histogram_quantile(0.9, rate(x{job=\"api}[5m]))'",
     ]
+
+
+def test_file_values_are_not_coerced_across_types(tmp_path):
+    # In the file a number is not a token and true is not a thread count; only the environment is text.
+    path = write(tmp_path, "server:\n  token: 12345\n  threads: true\n  port: 80.0\n")
+    text = "\n".join(check_config(path, environ={"VIGIL_SERVER_WORKERS": "2.0"}))
+    assert f"{path}: server.port: must be an integer; got 80.0" in text
+    assert f"{path}: server.workers: must be an integer; got '2.0'" in text
+    assert f"{path}: server.token: must be a string; got a value not shown (a secret)" in text
+    assert f"{path}: server.threads: must be an integer; got True" in text
+
+
+def test_cross_field_rules_still_run_and_name_the_job_by_its_place_in_the_file(tmp_path):
+    # jobs[0] cannot be built (no name); the duplicate is still found, and called jobs[2], not jobs[1].
+    path = write(tmp_path, """
+jobs:
+  - {query: up}
+  - {name: cpu, query: up}
+  - {name: cpu, query: up}
+worker:
+  lookback: 1m
+""")
+    problems = check_config(path, environ={})
+    assert f"{path}: jobs[0].name: must be set; got None" in problems
+    assert f"{path}: jobs[2].name: must be unique; got 'cpu'" in problems
+    assert any("worker.lookback: must be at least two scoring steps" in p for p in problems)
+    assert len(problems) == 3
+
+
+def test_code_builds_sections_by_attribute_name_but_files_use_the_yaml_key(tmp_path):
+    from vigil.config import GrafanaSettings
+
+    assert GrafanaSettings(request_timeout_s=3.0).request_timeout_s == 3.0
+    path = write(tmp_path, "grafana:\n  request_timeout_s: 3\n")
+    assert any("grafana.request_timeout_s: must be a known key" in p for p in check_config(path, environ={}))
+
+
+def test_a_secret_from_a_file_named_in_the_environment_and_a_wrong_secret_is_never_printed(tmp_path):
+    token = tmp_path / "grafana-token"
+    token.write_text("glsa_from_file\n")
+    s = load_settings(None, environ={"VIGIL_GRAFANA_TOKEN_FILE": str(token)})
+    assert s.grafana.token == "glsa_from_file" and "glsa_from_file" not in repr(s)
+    path = write(tmp_path, "server:\n  token: 987654321\n")
+    [problem] = check_config(path, environ={})
+    assert problem == f"{path}: server.token: must be a string; got a value not shown (a secret)"

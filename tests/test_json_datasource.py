@@ -126,7 +126,7 @@ def test_annotation_query_returns_episodes_with_reasons(client, seeded_prometheu
     i = hits[0]
     assert "anomaly" in f["tags"]["values"][i]
     text = f["text"]["values"][i]
-    assert "spiky" in text and "expected" in text and "usual spread" in text
+    assert "spiky" in text and "expected" in text and "usual range" in text
     assert f["timeEnd"]["values"][i] >= f["time"]["values"][i]
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vigil.audit import AuditStore
+from vigil.errors import DeliveryTimeout
 from vigil.outbox import Outbox, backoff_s
+from vigil.sinks import Delivered
 
 NOW_MS = 1_735_711_200_000
 
@@ -26,13 +28,14 @@ class SlowSink:
     def __init__(self, store, episode_id):
         self.store, self.episode_id, self.sent = store, episode_id, []
 
-    def send(self, episode, job, now_ms):
+    def deliver(self, episode, job, now_ms, remember):
         self.sent.append(episode.end_ms)
         if len(self.sent) == 1:
             with self.store.transaction() as db:
                 self.store.update_episode(db, self.episode_id, {"end_ms": NOW_MS}, NOW_MS)
                 self.store.enqueue(db, self.episode_id, "alertmanager", NOW_MS)
-        return "firing" if episode.end_ms is None else "resolved"
+        state = "firing" if episode.end_ms is None else "resolved"
+        return Delivered(state, {}, {"alert_state": state})
 
 
 def test_a_change_during_delivery_is_delivered_too(tmp_path):
@@ -56,9 +59,10 @@ def test_failures_are_scheduled_with_backoff(tmp_path):
         store.enqueue(db, episode_id, "alertmanager", NOW_MS)
 
     class Down:
+        name = "alertmanager"
         request_timeout_s = 1.0
 
-        def send(self, *args):
+        def deliver(self, *args):
             raise ConnectionError("refused")
 
     clock = [NOW_MS]
@@ -70,3 +74,42 @@ def test_failures_are_scheduled_with_backoff(tmp_path):
         assert outbox.deliver_due().failed == 0  # not due yet
         clock[0] = row["next_attempt_ms"]
     assert row["attempts"] == 6 and store.backlog()["alertmanager"] == 1
+
+
+def _one_owed(tmp_path):
+    store = AuditStore(tmp_path / "a.db")
+    with store.transaction() as db:
+        episode_id = store.insert_episode(db, {"job": "j", "series_key": "k", "labels": {}, "start_ms": NOW_MS,
+                                               "end_ms": None, "peak_ms": NOW_MS, "peak_score": 2.0}, NOW_MS)
+        store.enqueue(db, episode_id, "grafana", NOW_MS)
+    return store
+
+
+@pytest.mark.parametrize("error, least_wait_ms", [
+    (DeliveryTimeout("grafana did not answer within 4s"), 12_000),  # 3 x the sink's timeout: it may still finish
+    (type("ReadTimeoutLookalike", (Exception,), {})("not ours"), 0),  # a name is not a type: the usual backoff
+])
+def test_a_timeout_is_known_by_its_type_and_waits_for_the_sink(tmp_path, error, least_wait_ms):
+    store = _one_owed(tmp_path)
+
+    class Slow:
+        name = "grafana"
+        request_timeout_s = 4.0
+
+        def deliver(self, *args):
+            raise error
+
+    outbox = Outbox(store, {"grafana": Slow()}, resend_every_s=None, base_backoff_s=1.0, max_backoff_s=60.0,
+                    clock_ms=lambda: NOW_MS)
+    assert outbox.deliver_due().failed == 1
+    [row] = store._select("SELECT next_attempt_ms FROM outbox")
+    wait_ms = row["next_attempt_ms"] - NOW_MS
+    assert wait_ms >= least_wait_ms and (least_wait_ms or wait_ms <= 1200)
+
+
+def test_an_unknown_episode_field_is_refused_not_dropped(tmp_path):
+    store = _one_owed(tmp_path)
+    [episode] = store.episodes(since_ms=0)
+    with pytest.raises(ValueError, match="got alert_sate"), store.transaction() as db:
+        store.update_episode(db, episode.id, {"alert_sate": "firing"}, NOW_MS)
+    assert store.episode(episode.id).alert_state != "firing"

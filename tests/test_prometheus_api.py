@@ -52,7 +52,7 @@ def in_events(times_ms, events):
 
 @pytest.fixture(scope="module")
 def served(service_app):
-    """The session app on a real socket, for promtool."""
+    """The module's app on a real socket, for promtool."""
     server = make_server("127.0.0.1", 0, service_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

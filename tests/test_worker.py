@@ -15,6 +15,7 @@ from vigil.detectors import Scores
 from vigil.episodes import Episode
 from vigil.errors import UpstreamUnavailable
 from vigil.pipeline import DetectionResult, ScoredSeries
+from vigil.sinks import Delivered
 from vigil.worker import Worker, in_shard
 from vigil.worker_metrics import MetricsServer
 
@@ -79,9 +80,10 @@ class RecordingAlertSink:
     def __init__(self):
         self.sent = []
 
-    def send(self, episode, job, now_ms):
+    def deliver(self, episode, job, now_ms, remember):
         self.sent.append((episode.id, episode.end_ms))
-        return "firing" if episode.end_ms is None else "resolved"
+        state = "firing" if episode.end_ms is None else "resolved"
+        return Delivered(state, {"alert_state": state}, {"alert_state": state, "alert_sent_ms": now_ms})
 
 
 def test_episode_lifecycle_through_runs(settings):

@@ -29,7 +29,7 @@ class Store:
     def apply(self, changes, now_ms):
         with self.store.transaction() as db:
             for c in changes:
-                values = {k: v for k, v in c.values.items() if k != "end_cause"}
+                values = c.fields()
                 if c.kind == "start":
                     self.store.insert_episode(db, values, now_ms)
                 else:

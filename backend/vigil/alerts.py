@@ -22,6 +22,8 @@ import requests
 from .audit import StoredEpisode
 from .config import AlertmanagerSettings, GrafanaSettings, JobSettings
 from .display import format_span, format_value, states_the_numbers
+from .errors import DeliveryError, DeliveryTimeout
+from .sinks import Delivered, Remember
 from .units import iso_from_ms
 
 __all__ = ["AlertmanagerSink", "ALERT_NAME", "alert_labels", "panel_url", "describe", "DeliveryError"]
@@ -32,10 +34,6 @@ _OURS = ("alertname", "vigil_job", "vigil_episode", "severity")
 _INVALID_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 #: How far around an episode the panel link shows.
 _LINK_MARGIN_MS = 30 * 60 * 1000
-
-
-class DeliveryError(RuntimeError):
-    """A sink refused or could not take a delivery; the outbox retries it."""
 
 
 def _label_name(name: str) -> str:
@@ -114,6 +112,17 @@ class AlertmanagerSink:
     def __repr__(self) -> str:
         return f"AlertmanagerSink(url={self.settings.url!r})"
 
+    @property
+    def request_timeout_s(self) -> float:
+        return self.settings.request_timeout_s
+
+    def deliver(self, episode: StoredEpisode, job: JobSettings | None, now_ms: int,
+                remember: Remember) -> Delivered:
+        """Send the alert; the state Alertmanager now holds is stored with the delivery."""
+        state = self.send(episode, job, now_ms)
+        action = {"firing": "resent" if episode.alert_state == "firing" else "fired"}.get(state, "resolved")
+        return Delivered(action, {"alert_state": state}, {"alert_state": state, "alert_sent_ms": now_ms})
+
     def alert(self, episode: StoredEpisode, job: JobSettings | None, now_ms: int) -> dict[str, Any]:
         """The v2 alert object for the episode's current state."""
         link = panel_url(self.grafana, job, episode)
@@ -127,6 +136,8 @@ class AlertmanagerSink:
             # would not say what was measured.
             annotations["query"] = job.query
             annotations["description"] += f" Query: {job.query}"
+        if link and job is not None and job.dashboard_uid:
+            annotations["description"] += f" Panel: {link}"
         if link:
             annotations["runbook_url"] = link
             annotations["dashboard_url"] = link
@@ -150,6 +161,8 @@ class AlertmanagerSink:
         url = self.settings.url.rstrip("/") + "/api/v2/alerts"  # type: ignore[union-attr]
         try:
             response = self.session.post(url, json=body, timeout=self.settings.request_timeout_s)
+        except requests.Timeout:
+            raise DeliveryTimeout(f"alertmanager did not answer within {self.settings.request_timeout_s:g}s") from None
         except requests.RequestException as exc:
             raise DeliveryError(f"alertmanager unreachable: {type(exc).__name__}") from None
         if response.status_code >= 300:

@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from .config import GrafanaSettings
+from .errors import DeliveryError, DeliveryTimeout
 
 __all__ = ["GROUP_VERSION", "AnnotationApiError", "AppAnnotations", "annotation_name"]
 
@@ -37,7 +38,7 @@ GROUP_VERSION = "annotation.grafana.app/v0alpha1"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
-class AnnotationApiError(RuntimeError):
+class AnnotationApiError(DeliveryError):
     """Grafana answered the new API with an unexpected status (the outbox retries it)."""
 
     def __init__(self, method: str, path: str, status: int, body: str):
@@ -113,7 +114,10 @@ class AppAnnotations:
         if body is not None:
             kwargs["data"] = json.dumps(body)
             kwargs["headers"] = {"Content-Type": content_type}
-        response = self.session.request(method, f"{self.base_url}{path}", **kwargs)
+        try:
+            response = self.session.request(method, f"{self.base_url}{path}", **kwargs)
+        except requests.Timeout:
+            raise DeliveryTimeout(f"grafana did not answer {method} {path} within {self.request_timeout_s:g}s") from None
         if response.status_code not in ok:
             raise AnnotationApiError(method, path, response.status_code, response.text)
         return response

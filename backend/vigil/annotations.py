@@ -24,6 +24,8 @@ from .annotation_api import AppAnnotations, annotation_name
 from .audit import StoredEpisode
 from .config import GrafanaSettings, JobSettings
 from .display import format_span, format_value, states_the_numbers
+from .errors import DeliveryTimeout
+from .sinks import Delivered, Remember
 from .units import iso_from_ms
 
 __all__ = ["GrafanaSink", "annotation_tags", "annotation_text", "episode_tag"]
@@ -159,6 +161,35 @@ class GrafanaSink:
         if existing is not None:
             return existing, False
         return self.create(episode, job), True
+
+    def deliver(self, episode: StoredEpisode, job: JobSettings | None, now_ms: int,
+                remember: Remember) -> Delivered:
+        """Make (or find, after a crash) the episode's annotation and bring it up to date.
+
+        The id of an annotation just made is remembered before anything else can go wrong, so a
+        retry updates it instead of making another."""
+        from grafana_client.client import GrafanaTimeoutError
+
+        try:
+            return self._deliver(episode, job, remember)
+        except GrafanaTimeoutError:
+            raise DeliveryTimeout(f"grafana did not answer within {self.request_timeout_s:g}s") from None
+
+    def _deliver(self, episode: StoredEpisode, job: JobSettings | None, remember: Remember) -> Delivered:
+        if episode.annotation_id is None:
+            annotation_id, created = self.find_or_create(episode, job)
+            remember({"annotation_id": annotation_id}, "annotation_created" if created else "annotation_recovered",
+                     {"annotation_id": annotation_id})
+            if created:
+                return Delivered("created", {"annotation_id": annotation_id})
+            removed = self.update(annotation_id, episode, job)  # found after a crash: bring it up to date
+            return Delivered("recovered", {"annotation_id": annotation_id,
+                                           **({"duplicates_removed": removed} if removed else {})})
+        removed = self.update(episode.annotation_id, episode, job)
+        detail: dict[str, Any] = {"annotation_id": episode.annotation_id}
+        if removed:
+            detail["duplicates_removed"] = removed
+        return Delivered("closed" if episode.end_ms is not None else "extended", detail)
 
     def update(self, annotation_id: Any, episode: StoredEpisode, job: JobSettings | None) -> list[Any]:
         """PATCH the region, text and tags (all of them: a PATCH with empty tags would wipe them).

@@ -1,4 +1,4 @@
-"""The durable audit store (SQLite, WAL, ``synchronous=FULL``) and the ``vigil audit`` command.
+"""The durable audit store (SQLite, WAL, ``synchronous=FULL``); ``vigil audit`` is ``audit_cli.py``.
 
 Owns three tables: ``episodes`` (one row per anomaly episode, ever), ``outbox`` (deliveries still
 owed to a sink, at most one pending row per episode and sink) and ``events`` (an append-only log of
@@ -13,16 +13,14 @@ worker's threads (a lock serialises them); other processes (``vigil audit``, the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .units import iso_from_ms, parse_duration_s, parse_instant_ms
 
@@ -33,8 +31,6 @@ __all__ = [
     "SINKS",
     "new_episode_id",
     "audit_rows",
-    "add_arguments",
-    "run",
 ]
 
 #: The delivery sinks an outbox row may name.
@@ -98,6 +94,14 @@ _EPISODE_FIELDS = (
     "peak_value", "yhat", "yhat_lower", "yhat_upper", "reason", "model", "unit", "severity",
     "annotation_id", "alert_state", "alert_sent_ms", "created_ms", "updated_ms",
 )
+
+
+def _known_fields(values: Mapping[str, Any]) -> None:
+    """A key that is not a column is a bug in the caller: say so instead of dropping it."""
+    unknown = sorted(set(values) - set(_EPISODE_FIELDS))
+    if unknown:
+        raise ValueError(f"episode fields must be columns of the episodes table ({', '.join(_EPISODE_FIELDS)}); "
+                         f"got {', '.join(unknown)}")
 
 
 def new_episode_id() -> str:
@@ -241,6 +245,7 @@ class AuditStore:
 
     def insert_episode(self, db: sqlite3.Connection, values: Mapping[str, Any], now_ms: int) -> str:
         """Inside a transaction: a new episode row; returns its id."""
+        _known_fields(values)
         row = dict(values)
         row.setdefault("id", new_episode_id())
         row["labels"] = json.dumps(row["labels"], sort_keys=True)
@@ -255,7 +260,8 @@ class AuditStore:
 
     def update_episode(self, db: sqlite3.Connection, episode_id: str, values: Mapping[str, Any], now_ms: int) -> None:
         """Inside a transaction: change some fields of an episode."""
-        row = {k: v for k, v in values.items() if k in _EPISODE_FIELDS and k != "id"}
+        _known_fields(values)
+        row = {k: v for k, v in values.items() if k != "id"}
         if "labels" in row:
             row["labels"] = json.dumps(row["labels"], sort_keys=True)
         row["updated_ms"] = now_ms
@@ -442,83 +448,3 @@ def open_for_reading(path: str | Path) -> AuditStore | None:
     if not Path(path).exists():
         return None
     return AuditStore(path, read_only=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# ``vigil audit``
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="the YAML configuration, audit.path names the store (default: $VIGIL_CONFIG; "
-                             "VIGIL_* variables override it, e.g. VIGIL_AUDIT_PATH)")
-    parser.add_argument("--since", default="24h", help="how far back to list, a duration (default 24h)")
-    parser.add_argument("--job", default=None, help="only this job")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    parser.add_argument("--events", action="store_true", help="list every side effect (deliveries) instead of episodes")
-    parser.add_argument("--limit", type=int, default=1000)
-    parser.add_argument("--wide", action="store_true",
-                        help="never shorten a column (by default the reason, last, is shown in full and other "
-                             f"columns are cut at {_CELL_MAX} characters)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, config_path, load_settings
-
-    try:
-        settings = load_settings(config_path(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    try:
-        since_ms = _now_ms() - int(parse_duration_s(args.since) * 1000)
-    except ValueError as exc:
-        print(f"--since: {exc}", file=sys.stderr)
-        return 2
-    store = open_for_reading(settings.audit.path)
-    if store is None:
-        print(f"{settings.audit.path}: no audit store yet (the worker has not run)", file=sys.stderr)
-        return 0 if not args.json else 0
-    with store:
-        if args.events:
-            rows = store.events(since_ms=since_ms, limit=args.limit)
-            _print(rows, args.json, ("ts", "kind", "sink", "episode_id", "detail"), wide=args.wide)
-        else:
-            episodes = store.episodes(since_ms=since_ms, job=args.job, limit=args.limit)
-            rows = [e.as_record() for e in reversed(episodes)]
-            _print(rows, args.json, ("id", "job", "series", "start", "end", "peak_score", "annotation_id",
-                                     "alert_state", "reason"), wide=args.wide)
-    return 0
-
-
-#: the widest a column other than the last may be in the table (``--wide`` lifts it)
-_CELL_MAX = 60
-
-
-def _print(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str], *, wide: bool = False) -> None:
-    """A table, one row per line; the last column (the reason, the detail) is never shortened."""
-    rows = list(rows)
-    if as_json:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True, default=str))
-        return
-    def cell(row: dict[str, Any], c: str) -> str:
-        v = row.get(c)
-        if v is None:
-            return "-" if c != "end" else "open"
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        if isinstance(v, dict):
-            return json.dumps(v, sort_keys=True)
-        return str(v)
-    def cut(text: str, last: bool) -> str:
-        if wide or last or len(text) <= _CELL_MAX:
-            return text
-        return text[:_CELL_MAX - 3] + "..."
-
-    table = [[cut(cell(r, c), i == len(columns) - 1) for i, c in enumerate(columns)] for r in rows]
-    widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for t in table:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
-    print(f"({len(rows)} {'events' if 'kind' in columns else 'episodes'})")

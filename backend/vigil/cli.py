@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("vigil.worker", "watch the configured jobs: audit, Grafana annotations, Alertmanager alerts"),
     "check-config": ("vigil.check", "report every problem in a configuration file"),
     "detect": ("vigil.replay", "score CSV files offline, exactly as the worker would have (a backtest)"),
-    "audit": ("vigil.audit", "list the recorded anomaly episodes and their deliveries"),
+    "audit": ("vigil.audit_cli", "list the recorded anomaly episodes and their deliveries"),
     "ml-sync": ("vigil.grafana_ml", "create or update Grafana Machine Learning forecast jobs for the configured queries"),
     "demo-workload": ("vigil.demo", "serve demo metrics with anomalies injected on a schedule"),
 }

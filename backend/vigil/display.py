@@ -79,7 +79,7 @@ def format_span(start_ms: int, end_ms: int | None, *, ended: bool = False) -> st
 
 
 def states_the_numbers(reason: str | None, peak_value: float | None, unit: str | None) -> bool:
-    """Whether a reason already says the peak value, the band and the score (``explain.py``'s do),
-    so that an alert or annotation does not repeat them."""
+    """Whether a reason already says the peak value, the expectation and the score (``explain.py``'s
+    do), so that an alert or annotation does not repeat them."""
     text = reason or ""
-    return format_value(peak_value, unit) in text and "band" in text and "score" in text
+    return format_value(peak_value, unit) in text and "expected" in text and "score" in text

@@ -2,6 +2,10 @@
 
 Every error body is ``{"error": code, "message": text, "trace_id": id}``. There is never a string
 ``status`` key: Grafana's Infinity plugin would show it instead of the message.
+
+The worker's deliveries have their own two types (:class:`DeliveryError` and its
+:class:`DeliveryTimeout`): they are never answered over HTTP, the outbox retries them, and a
+timeout is told apart by its type (the sink may still be completing the request).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ __all__ = [
     "UpstreamUnavailable",
     "UpstreamTimeout",
     "UpstreamError",
+    "DeliveryError",
+    "DeliveryTimeout",
 ]
 
 
@@ -91,3 +97,13 @@ class UpstreamUnavailable(VigilError):
 class UpstreamTimeout(VigilError):
     http_status = 504
     code = "upstream_timeout"
+
+
+class DeliveryError(RuntimeError):
+    """A sink (Grafana annotations, Alertmanager) refused or could not take a delivery; the
+    outbox retries it."""
+
+
+class DeliveryTimeout(DeliveryError):
+    """A sink did not answer within its ``request_timeout_s``. It may still complete the request,
+    so the outbox waits longer before the retry looks for what it made."""

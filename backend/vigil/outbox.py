@@ -26,6 +26,9 @@ from typing import Any, Callable, Mapping
 
 from .audit import AuditStore, OutboxItem, StoredEpisode
 from .config import JobSettings
+from .errors import DeliveryTimeout
+from .sinks import Remember, Sink
+from .worker_metrics import WorkerMetrics
 
 __all__ = ["Outbox", "DeliveryReport", "backoff_s"]
 
@@ -53,18 +56,19 @@ def _now_ms() -> int:
 
 
 class Outbox:
-    """Delivers what the store owes. ``sinks`` maps ``"grafana"``/``"alertmanager"`` to sink objects."""
+    """Delivers what the store owes. ``sinks`` maps a sink's name (``"grafana"``, ``"alertmanager"``)
+    to the :class:`~vigil.sinks.Sink` that delivers to it."""
 
     def __init__(
         self,
         store: AuditStore,
-        sinks: Mapping[str, Any],
+        sinks: Mapping[str, Sink],
         *,
         jobs: Mapping[str, JobSettings] | None = None,
         max_backoff_s: float = 300.0,
         base_backoff_s: float = BASE_BACKOFF_S,
         resend_every_s: float | None = 60.0,
-        metrics: Any = None,
+        metrics: WorkerMetrics | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.store = store
@@ -114,16 +118,13 @@ class Outbox:
             return True
         job = self.jobs.get(episode.job)
         try:
-            if item.sink == "grafana":
-                action, detail = self._grafana(sink, episode, job)
-            elif item.sink == "alertmanager":
-                action, detail = self._alertmanager(sink, episode, job)
-            else:  # pragma: no cover - SINKS guards the table
-                raise ValueError(f"unknown sink {item.sink}")
+            action, detail, fields = sink.deliver(episode, job, self.clock_ms(), self._remember(episode, sink.name))
         except Exception as exc:  # noqa: BLE001 - any failure is retried; the reason is recorded
             return self._failed(item, episode, exc)
         now_ms = self.clock_ms()
         with self.store.transaction() as db:
+            if fields:
+                self.store.update_episode(db, episode.id, fields, now_ms)
             done = self.store.mark_delivered(db, item, now_ms)
             self.store.log_event(db, "delivered", now_ms, episode_id=episode.id, sink=item.sink,
                                  detail={"action": action, **detail})
@@ -137,10 +138,11 @@ class Outbox:
     def _failed(self, item: OutboxItem, episode: StoredEpisode, exc: Exception) -> bool:
         attempts = item.attempts + 1
         wait_s = backoff_s(attempts, base_s=self.base_backoff_s, max_s=self.max_backoff_s)
-        if "timeout" in type(exc).__name__.lower():
+        sink = self.sinks.get(item.sink)
+        if isinstance(exc, DeliveryTimeout) and sink is not None:
             # The sink may still be working on the request that timed out: give it time to finish,
             # so that the retry's lookup by tag sees what it made.
-            sink_timeout_s = getattr(self.sinks.get(item.sink), "request_timeout_s", 0.0)
+            sink_timeout_s = sink.request_timeout_s
             wait_s = max(wait_s, min(self.max_backoff_s, 3 * sink_timeout_s))
         now_ms = self.clock_ms()
         error = f"{type(exc).__name__}: {_short(exc)}"
@@ -157,31 +159,13 @@ class Outbox:
                            "error": error})
         return False
 
-    def _grafana(self, sink: Any, episode: StoredEpisode, job: JobSettings | None) -> tuple[str, dict[str, Any]]:
-        if episode.annotation_id is None:
-            annotation_id, created = sink.find_or_create(episode, job)
+    def _remember(self, episode: StoredEpisode, sink: str) -> Remember:
+        def remember(fields: Mapping[str, Any], event: str, detail: Mapping[str, Any]) -> None:
             now_ms = self.clock_ms()
-            with self.store.transaction() as db:  # commit the id before anything else can go wrong
-                self.store.update_episode(db, episode.id, {"annotation_id": annotation_id}, now_ms)
-                self.store.log_event(db, "annotation_created" if created else "annotation_recovered", now_ms,
-                                     episode_id=episode.id, sink="grafana", detail={"annotation_id": annotation_id})
-            if created:
-                return "created", {"annotation_id": annotation_id}
-            removed = sink.update(annotation_id, episode, job)  # found after a crash: bring it up to date
-            return "recovered", {"annotation_id": annotation_id, **({"duplicates_removed": removed} if removed else {})}
-        removed = sink.update(episode.annotation_id, episode, job)
-        detail: dict[str, Any] = {"annotation_id": episode.annotation_id}
-        if removed:
-            detail["duplicates_removed"] = removed
-        return ("closed" if episode.end_ms is not None else "extended"), detail
-
-    def _alertmanager(self, sink: Any, episode: StoredEpisode, job: JobSettings | None) -> tuple[str, dict[str, Any]]:
-        now_ms = self.clock_ms()
-        state = sink.send(episode, job, now_ms)
-        with self.store.transaction() as db:
-            self.store.update_episode(db, episode.id, {"alert_state": state, "alert_sent_ms": now_ms}, now_ms)
-        action = {"firing": "resent" if episode.alert_state == "firing" else "fired"}.get(state, "resolved")
-        return action, {"alert_state": state}
+            with self.store.transaction() as db:
+                self.store.update_episode(db, episode.id, fields, now_ms)
+                self.store.log_event(db, event, now_ms, episode_id=episode.id, sink=sink, detail=detail)
+        return remember
 
 
 def _short(exc: Exception) -> str:

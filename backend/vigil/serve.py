@@ -22,8 +22,12 @@ import sys
 import tempfile
 from typing import Any
 
+from gunicorn.app.base import BaseApplication
+
 from .config import ConfigError, Settings, config_path, load_settings
+from .http.app import create_app
 from .logs import configure_logging, gunicorn_logconfig
+from .telemetry import count_across_processes, multiprocess_dir
 
 __all__ = ["add_arguments", "run", "gunicorn_options", "JsonErrorWorker", "LIMIT_REQUEST_LINE",
            "LIMIT_REQUEST_FIELDS", "LIMIT_REQUEST_FIELD_SIZE"]
@@ -96,15 +100,14 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    # Metrics are shared across gunicorn workers through files in this directory.
+    # Metrics are shared across gunicorn workers through files in this directory: chosen before
+    # the app (and its metrics) is made in each worker.
+    directory = multiprocess_dir()
     created_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        created_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vigil-metrics-")
+    if directory is None:
+        directory = created_dir = tempfile.mkdtemp(prefix="vigil-metrics-")
+    count_across_processes(directory)
     master_pid = os.getpid()
-
-    from gunicorn.app.base import BaseApplication
-
-    from .http.app import create_app
 
     class VigilApplication(BaseApplication):
         def load_config(self) -> None:

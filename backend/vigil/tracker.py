@@ -21,14 +21,18 @@ Pure functions over plain values: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from .audit import StoredEpisode
 
-__all__ = ["ObservedSeries", "Change", "track", "episode_values"]
+__all__ = ["ObservedSeries", "Peak", "NewEpisode", "EpisodeUpdate", "Started", "Extended", "Ended", "Change",
+           "EndCause", "track"]
 
 _INF = float("inf")
+
+#: Why an episode ended: its run closed it, its points came back in band, or its series went away.
+EndCause = Literal["closed", "back_in_band", "series_gone"]
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,6 @@ class ObservedSeries:
     unit: str | None = None
 
 
-class Change(NamedTuple):
-    """What to write: ``kind`` is ``start`` (``episode_id`` None), ``extend`` or ``end``."""
-
-    kind: str
-    episode_id: str | None
-    series_key: str
-    values: dict[str, Any]
-
-
 def _finite(x: Any) -> float | None:
     try:
         f = float(x)
@@ -60,17 +55,115 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def episode_values(ep: Any) -> dict[str, Any]:
-    """The peak fields of an observed episode as audit-store columns (NaN -> None)."""
-    return {
-        "peak_ms": int(ep.peak_ms),
-        "peak_score": _finite(ep.peak_score) or 0.0,
-        "peak_value": _finite(ep.peak_value),
-        "yhat": _finite(ep.yhat),
-        "yhat_lower": _finite(ep.yhat_lower),
-        "yhat_upper": _finite(ep.yhat_upper),
-        "reason": str(ep.reason or ""),
-    }
+@dataclass(frozen=True)
+class Peak:
+    """The worst point of an episode as seen so far (NaN stored as None)."""
+
+    peak_ms: int
+    peak_score: float
+    peak_value: float | None
+    yhat: float | None
+    yhat_lower: float | None
+    yhat_upper: float | None
+    reason: str
+
+    @classmethod
+    def of(cls, ep: Any) -> "Peak":
+        return cls(int(ep.peak_ms), _finite(ep.peak_score) or 0.0, _finite(ep.peak_value), _finite(ep.yhat),
+                   _finite(ep.yhat_lower), _finite(ep.yhat_upper), str(ep.reason or ""))
+
+    def fields(self) -> dict[str, Any]:
+        return {"peak_ms": self.peak_ms, "peak_score": self.peak_score, "peak_value": self.peak_value,
+                "yhat": self.yhat, "yhat_lower": self.yhat_lower, "yhat_upper": self.yhat_upper,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class NewEpisode:
+    """Everything the audit store records about an episode first seen in this run."""
+
+    job: str
+    series_key: str
+    labels: Mapping[str, str]
+    start_ms: int
+    end_ms: int | None
+    last_ms: int
+    model: str
+    unit: str | None
+    severity: str
+    peak: Peak
+
+    def fields(self) -> dict[str, Any]:
+        return {"job": self.job, "series_key": self.series_key, "labels": dict(self.labels),
+                "start_ms": self.start_ms, "end_ms": self.end_ms, "last_ms": self.last_ms, "model": self.model,
+                "unit": self.unit, "severity": self.severity, **self.peak.fields()}
+
+
+@dataclass(frozen=True)
+class EpisodeUpdate:
+    """The fields of a stored episode one run changes; None means unchanged."""
+
+    last_ms: int | None = None
+    end_ms: int | None = None
+    model: str | None = None
+    peak: Peak | None = None
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("last_ms", self.last_ms), ("end_ms", self.end_ms),
+                                                  ("model", self.model)) if v is not None}
+        if self.peak is not None:
+            out.update(self.peak.fields())
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.fields())
+
+
+@dataclass(frozen=True)
+class Started:
+    """A new episode (already closed when a run first sees a blip that began and ended between runs)."""
+
+    series_key: str
+    episode: NewEpisode
+    kind: Literal["start"] = field(default="start", init=False)
+
+    def fields(self) -> dict[str, Any]:
+        return self.episode.fields()
+
+
+@dataclass(frozen=True)
+class Extended:
+    """A stored open episode goes on: a later last instant, a higher peak, or a new model."""
+
+    episode_id: str
+    series_key: str
+    update: EpisodeUpdate
+    kind: Literal["extend"] = field(default="extend", init=False)
+
+    def fields(self) -> dict[str, Any]:
+        return self.update.fields()
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A stored open episode ends at ``update.end_ms``, for ``cause``."""
+
+    episode_id: str
+    series_key: str
+    update: EpisodeUpdate
+    cause: EndCause
+    kind: Literal["end"] = field(default="end", init=False)
+
+    def __post_init__(self) -> None:
+        if self.update.end_ms is None:
+            raise ValueError(f"The 'update' parameter of Ended must set end_ms. Got {self.update!r} instead.")
+
+    def fields(self) -> dict[str, Any]:
+        return self.update.fields()
+
+
+#: What to write: a new episode, or a change to a stored one.
+Change = Started | Extended | Ended
 
 
 def track(
@@ -95,7 +188,7 @@ def track(
             continue
         for ep in episodes:
             if ep.is_open:  # the series is gone: the episode ends where it was last seen
-                changes.append(Change("end", ep.id, key, {"end_ms": ep.last_ms, "end_cause": "series_gone"}))
+                changes.append(Ended(ep.id, key, EpisodeUpdate(end_ms=ep.last_ms), "series_gone"))
     return changes
 
 
@@ -115,49 +208,34 @@ def _track_series(job: str, series: ObservedSeries, stored: list[StoredEpisode],
         if open_ep is not None and not open_matched and start > open_ep.last_ms + tol:
             # The stored episode ended before this new one began.
             open_matched = True
-            out.append(Change("end", open_ep.id, series.key, {"end_ms": open_ep.last_ms, "end_cause": "back_in_band"}))
+            out.append(Ended(open_ep.id, series.key, EpisodeUpdate(end_ms=open_ep.last_ms), "back_in_band"))
         overlapping = [c for c in closed if end >= c.start_ms - tol and start <= (c.end_ms or 0) + tol]
         if overlapping:
             latest_end = max(int(c.end_ms or 0) for c in overlapping)
             if ep.end_ms is not None or series.last_ms <= latest_end + tol:
                 continue  # the same episode, already recorded
             start = latest_end + 1  # it came back after the recorded one ended: a new episode
-        values = {
-            "job": job, "series_key": series.key, "labels": dict(series.labels),
-            "start_ms": start, "end_ms": None if ep.end_ms is None else max(int(ep.end_ms), start),
-            "last_ms": series.last_ms if ep.end_ms is None else max(int(ep.end_ms), start),
-            "model": series.model, "unit": series.unit, "severity": severity, **episode_values(ep),
-        }
-        out.append(Change("start", None, series.key, values))
+        end_ms = None if ep.end_ms is None else max(int(ep.end_ms), start)
+        out.append(Started(series.key, NewEpisode(
+            job, series.key, dict(series.labels), start, end_ms, series.last_ms if end_ms is None else end_ms,
+            series.model, series.unit, severity, Peak.of(ep))))
     if open_ep is not None and not open_matched:
-        out.append(Change("end", open_ep.id, series.key, {"end_ms": open_ep.last_ms, "end_cause": "back_in_band"}))
+        out.append(Ended(open_ep.id, series.key, EpisodeUpdate(end_ms=open_ep.last_ms), "back_in_band"))
     return out
 
 
-def _extension(stored: StoredEpisode, ep: Any, series: ObservedSeries, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Fields that grow: the last anomalous instant, and the peak when this run saw a higher one."""
-    current_last = int((base or {}).get("last_ms", stored.last_ms))
-    current_peak = float((base or {}).get("peak_score", stored.peak_score))
-    last = series.last_ms if ep.end_ms is None else int(ep.end_ms)
-    values: dict[str, Any] = {}
-    if last > current_last:
-        values["last_ms"] = last
-    peak = episode_values(ep)
-    if peak["peak_score"] > current_peak:
-        values.update(peak)
-    if series.model and series.model != stored.model:
-        values["model"] = series.model
-    return values
-
-
 def _continue(stored: StoredEpisode, ep: Any, series: ObservedSeries) -> list[Change]:
-    values = _extension(stored, ep, series)
+    """The fields that grow (the last anomalous instant, the peak when this run saw a higher one,
+    the model), and the end when this run closed the episode."""
+    last = series.last_ms if ep.end_ms is None else int(ep.end_ms)
+    peak = Peak.of(ep)
+    model = series.model if series.model and series.model != stored.model else None
+    update = EpisodeUpdate(last_ms=last if last > stored.last_ms else None, model=model,
+                           peak=peak if peak.peak_score > float(stored.peak_score) else None)
     if ep.end_ms is not None:
         end_ms = max(int(ep.end_ms), stored.start_ms)
-        values["end_ms"] = end_ms
-        values["last_ms"] = max(end_ms, int(values.get("last_ms", stored.last_ms)))
-        values["end_cause"] = "closed"
-        return [Change("end", stored.id, series.key, values)]
-    if not values:
+        last_ms = max(end_ms, update.last_ms if update.last_ms is not None else stored.last_ms)
+        return [Ended(stored.id, series.key, EpisodeUpdate(last_ms, end_ms, update.model, update.peak), "closed")]
+    if not update:
         return []
-    return [Change("extend", stored.id, series.key, values)]
+    return [Extended(stored.id, series.key, update)]

@@ -15,9 +15,9 @@ compute scores itself (``vigil.pipeline.Detection`` does).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -26,15 +26,20 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .audit import AuditStore
 from .config import ConfigError, JobSettings, Settings, config_path, load_settings
+from .logs import configure_logging
 from .outbox import Outbox
 from .series import series_key
-from .tracker import Change, ObservedSeries, track
+from .sinks import Sink
+from .tracker import Change, Extended, ObservedSeries, Started, track
 from .units import parse_min_deviation
 from .worker_metrics import MetricsServer, WorkerMetrics
+
+if TYPE_CHECKING:  # the pipeline (scikit-learn) is imported when a worker is made, not with this module
+    from .pipeline import Detection
 
 __all__ = ["Worker", "JobOutcome", "in_shard", "add_arguments", "run"]
 
@@ -85,8 +90,8 @@ class Worker:
         settings: Settings,
         *,
         store: AuditStore | None = None,
-        detection: Any = None,
-        sinks: Mapping[str, Any] | None = None,
+        detection: Detection | None = None,
+        sinks: Mapping[str, Sink] | None = None,
         metrics: WorkerMetrics | None = None,
         shard_index: int | None = None,
         shard_count: int | None = None,
@@ -202,7 +207,7 @@ class Worker:
         return reason
 
     def _job_failed(self, job: JobSettings, exc: Exception, duration_s: float) -> JobOutcome:
-        error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        error = f"{type(exc).__name__}: {exc}"  # a VigilError's str is its message
         self.metrics.job_failures.labels(job.name).inc()
         self.metrics.job_duration.labels(job.name).observe(duration_s)
         state = self._states.get(job.name)
@@ -221,36 +226,35 @@ class Worker:
             return counts
         with self.store.transaction() as db:
             for change in changes:
-                values = dict(change.values)
-                cause = values.pop("end_cause", None)
-                if change.kind == "start":
+                values = change.fields()
+                if isinstance(change, Started):
                     values["alert_state"] = "pending" if "alertmanager" in sinks else "off"
                     episode_id = self.store.insert_episode(db, values, now_ms)
                     self.store.log_event(db, "episode_started", now_ms, episode_id=episode_id,
                                          detail=_event_detail(values))
                     counts["started"] += 1
                     logs.append(("episode_started", episode_id, values))
-                    if values.get("end_ms") is not None:
+                    if change.episode.end_ms is not None:
                         self.store.log_event(db, "episode_ended", now_ms, episode_id=episode_id,
-                                             detail={"end_ms": values["end_ms"], "cause": "closed"})
+                                             detail={"end_ms": change.episode.end_ms, "cause": "closed"})
                         counts["ended"] += 1
                         logs.append(("episode_ended", episode_id, values))
                     for sink in sinks:
                         self.store.enqueue(db, episode_id, sink, now_ms)
-                elif change.kind == "extend":
-                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                elif isinstance(change, Extended):
+                    self.store.update_episode(db, change.episode_id, values, now_ms)
                     counts["extended"] += 1
                     if "grafana" in sinks:
-                        self.store.enqueue(db, change.episode_id, "grafana", now_ms)  # type: ignore[arg-type]
-                elif change.kind == "end":
-                    self.store.update_episode(db, change.episode_id, values, now_ms)  # type: ignore[arg-type]
+                        self.store.enqueue(db, change.episode_id, "grafana", now_ms)
+                else:
+                    self.store.update_episode(db, change.episode_id, values, now_ms)
                     self.store.log_event(db, "episode_ended", now_ms, episode_id=change.episode_id,
-                                         detail={"end_ms": values["end_ms"], "cause": cause})
+                                         detail={"end_ms": change.update.end_ms, "cause": change.cause})
                     counts["ended"] += 1
-                    logs.append(("episode_ended", change.episode_id, {**values, "series_key": change.series_key,
-                                                                     "cause": cause}))  # type: ignore[arg-type]
+                    logs.append(("episode_ended", change.episode_id,
+                                 {**values, "series_key": change.series_key, "cause": change.cause}))
                     for sink in sinks:
-                        self.store.enqueue(db, change.episode_id, sink, now_ms)  # type: ignore[arg-type]
+                        self.store.enqueue(db, change.episode_id, sink, now_ms)
         for kind, episode_id, logged in logs:  # after the commit: a log line never claims what is not stored
             (self.metrics.episodes_started if kind == "episode_started" else self.metrics.episodes_ended).labels(job.name).inc()
             log.info("%s %s %s %s", kind.replace("_", " "), episode_id, job.name, logged.get("series_key", ""),
@@ -331,7 +335,7 @@ def _event_detail(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in keys if k in values}
 
 
-def _make_detection(settings: Settings) -> Any:
+def _make_detection(settings: Settings) -> Detection:
     from .model_cache import ModelCache
     from .pipeline import Detection
     from .prometheus import LokiClient, PrometheusClient
@@ -343,8 +347,8 @@ def _make_detection(settings: Settings) -> Any:
     return Detection(settings, PrometheusClient.from_settings(settings.prometheus), loki, cache=cache)
 
 
-def _make_sinks(settings: Settings) -> dict[str, Any]:
-    sinks: dict[str, Any] = {}
+def _make_sinks(settings: Settings) -> dict[str, Sink]:
+    sinks: dict[str, Sink] = {}
     if settings.grafana.url:
         from .annotations import GrafanaSink
 
@@ -373,10 +377,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address of the /metrics server (default worker.metrics_host, 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of the /metrics server (default worker.metrics_port; 0 = any free port)")
+    parser.add_argument("--log-level", default=os.environ.get("VIGIL_LOG_LEVEL", "info"),
+                        help="debug, info, warning or error (default $VIGIL_LOG_LEVEL, else info)")
 
 
 def run(args: argparse.Namespace) -> int:
-    _setup_logging()
+    configure_logging(args.log_level)
     path = config_path(args.config)
     if path is None:
         print("vigil worker: --config or $VIGIL_CONFIG: must name the YAML configuration with the jobs; got neither",
@@ -419,33 +425,3 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         worker.store.close()
     return 0
-
-
-class _JsonFormatter(logging.Formatter):
-    """Fallback JSON-lines formatter, used only when ``vigil.logs`` is not available."""
-
-    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def _setup_logging() -> None:
-    try:
-        from . import logs  # the project's JSON formatter, when present
-    except ImportError:
-        logs = None  # type: ignore[assignment]
-    setup = getattr(logs, "configure_logging", None) or getattr(logs, "setup_logging", None) or getattr(logs, "configure", None)
-    if setup is not None:
-        setup()
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)

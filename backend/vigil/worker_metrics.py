@@ -11,7 +11,9 @@ Prometheus adds for the scrape target, nor with a watched series' own ``job`` la
 - ``vigil_job_duration_seconds{vigil_job}`` (histogram), ``vigil_job_last_success_timestamp_seconds{vigil_job}``,
   ``vigil_job_failures_total{vigil_job}``.
 
-Must not: score anything or write the store. The server is stdlib ``http.server`` in a daemon thread.
+Must not: score anything or write the store. The HTTP surface is a WSGI app (``worker_app``; ``/metrics``
+is prometheus_client's ``make_wsgi_app``) served by the stdlib's ``wsgiref`` in a daemon thread:
+the worker never loads Flask.
 It listens on ``worker.metrics_host`` (127.0.0.1 unless configured; 0.0.0.0 in a pod).
 ``/api/v1/audit`` needs ``Authorization: Bearer <server.token>`` when a token is configured, like
 the service's; ``/metrics`` and ``/healthz`` need none (a Prometheus scrape and the kubelet's probe
@@ -26,16 +28,21 @@ import logging
 import math
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import parse_qs, urlparse
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import Metric
 
 from .audit import AuditStore, audit_rows
 
-__all__ = ["WorkerMetrics", "MetricsServer"]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication as WSGIApp
+
+__all__ = ["WorkerMetrics", "MetricsServer", "worker_app"]
 
 log = logging.getLogger("vigil.worker")
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -120,27 +127,78 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+def worker_app(metrics: WorkerMetrics, *, store: AuditStore | None = None,
+               healthy: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+               token: str | None = None) -> WSGIApp:
+    """The worker's HTTP surface as a WSGI app: ``/metrics`` is prometheus_client's own app over the
+    worker's registry; ``/healthz``; ``/api/v1/audit`` (the same rows and parameters as the
+    service's, through :func:`vigil.audit.audit_rows`). Errors are JSON ``{error, message, trace_id}``."""
+    exposition = make_wsgi_app(metrics.registry)
+    is_healthy = healthy or (lambda: (True, {}))
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return exposition(environ, start_response)
+        if path == "/healthz":
+            ok, detail = is_healthy()
+            return _json(start_response, 200 if ok else 503, {"ok": ok, **detail})
+        if path != "/api/v1/audit":
+            return _json(start_response, 404, _error("not_found", f"no such path: {path[:200]}"))
+        refusal = _refusal(token, environ.get("HTTP_AUTHORIZATION", ""))
+        if refusal:
+            return _json(start_response, 401, _error(*refusal))
+        params = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        try:
+            rows = audit_rows(store, params)
+        except ValueError as exc:
+            return _json(start_response, 400, _error("bad_request", str(exc)[:500]))
+        return _json(start_response, 200, rows)
+
+    return app
+
+
+def _refusal(token: str | None, header: str) -> tuple[str, str] | None:
+    """(code, message) when the audit needs a token the request lacks; None when it may pass."""
+    if not token:
+        return None
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return ("missing_token", "this Vigil worker requires 'Authorization: Bearer <token>' (server.token) "
+                "for /api/v1/audit")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return ("bad_token", "the bearer token does not match this Vigil's server.token")
+    return None
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": message, "trace_id": ""}
+
+
+def _json(start_response: StartResponse, status: int, body: Any) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - no access log (tokens in URLs)
+        pass
+
+
 class MetricsServer:
-    """``/metrics``, ``/healthz`` and ``/api/v1/audit`` on ``host:port`` (port 0 = any free port)."""
+    """:func:`worker_app` on ``host:port`` (port 0 = any free port), in a daemon thread."""
 
     def __init__(self, metrics: WorkerMetrics, *, host: str = "0.0.0.0", port: int = 9108,
                  store: AuditStore | None = None, healthy: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
                  token: str | None = None) -> None:
-        self.metrics = metrics
-        self.token = token
-        self.store = store
-        self.healthy = healthy or (lambda: (True, {}))
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                server._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
-                pass
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = make_server(host, port, worker_app(metrics, store=store, healthy=healthy, token=token),
+                                 server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="vigil-metrics", daemon=True)
 
@@ -151,49 +209,3 @@ class MetricsServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-    def _handle(self, request: BaseHTTPRequestHandler) -> None:
-        url = urlparse(request.path)
-        if url.path == "/metrics":
-            self._send(request, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif url.path == "/healthz":
-            ok, detail = self.healthy()
-            self._json(request, 200 if ok else 503, {"ok": ok, **detail})
-        elif url.path == "/api/v1/audit":
-            refusal = self._refusal(request.headers.get("Authorization", ""))
-            if refusal:
-                self._json(request, 401, {"error": refusal[0], "message": refusal[1], "trace_id": ""})
-                return
-            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            try:
-                rows = audit_rows(self.store, params)
-            except ValueError as exc:
-                self._json(request, 400, {"error": "bad_request", "message": str(exc)[:500], "trace_id": ""})
-                return
-            self._json(request, 200, rows)
-        else:
-            self._json(request, 404, {"error": "not_found", "message": f"no such path: {url.path}", "trace_id": ""})
-
-    def _refusal(self, header: str) -> tuple[str, str] | None:
-        """(code, message) when the audit needs a token the request lacks; None when it may pass."""
-        if not self.token:
-            return None
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return ("missing_token", "this Vigil worker requires 'Authorization: Bearer <token>' (server.token) "
-                    "for /api/v1/audit")
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            return ("bad_token", "the bearer token does not match this Vigil's server.token")
-        return None
-
-    @staticmethod
-    def _json(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-        MetricsServer._send(request, status, json.dumps(body).encode(), "application/json")
-
-    @staticmethod
-    def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
-        request.send_response(status)
-        request.send_header("Content-Type", content_type)
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)

@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from .. import telemetry
 from ..config import Settings
 from ..errors import Overloaded, UpstreamTimeout
+from ..telemetry import ServiceMetrics
 
 __all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts"]
 
@@ -36,14 +36,14 @@ def slot_counts(settings: Settings) -> tuple[int, int]:
     return inflight, max(0, threads - inflight - 1)
 
 
-def register_admission(app: Flask, settings: Settings) -> None:
+def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics) -> None:
     inflight, queue = slot_counts(settings)
     slots = threading.BoundedSemaphore(inflight)
     lock = threading.Lock()
     waiting = [0]
 
     def shed() -> Overloaded:
-        telemetry.HTTP_SHED.inc()
+        metrics.http_shed.inc()
         return Overloaded(f"{request.method} {request.path[:80]}: this process is already scoring {inflight} "
                           f"requests with {queue} waiting (server.max_inflight, server.threads); retry in "
                           f"{settings.server.retry_after_s:g}s", code="overloaded",

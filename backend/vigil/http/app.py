@@ -13,13 +13,13 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .. import telemetry
 from ..config import Settings
 from ..errors import Overloaded, VigilError
 from ..logs import request_id_var
 from ..model_cache import ModelCache
 from ..pipeline import Detection
 from ..prometheus import LokiClient, PrometheusClient
+from ..telemetry import ServiceMetrics, multiprocess_dir
 from .admission import register_admission
 from .health import health_blueprint
 from .infinity import infinity_blueprint
@@ -33,31 +33,37 @@ log = logging.getLogger("vigil.http")
 MAX_MESSAGE_CHARS = 1000
 
 
-def create_app(settings: Settings | None = None, *, detection: Detection | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, detection: Detection | None = None,
+               metrics: ServiceMetrics | None = None) -> Flask:
+    """The app for ``settings``; ``detection`` and ``metrics`` are made from them unless given
+    (metrics are summed across processes when ``vigil serve`` asked for that)."""
     settings = settings or Settings()
+    metrics = metrics or ServiceMetrics(multiprocess_path=multiprocess_dir())
     app = Flask("vigil")
     app.config["VIGIL_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes  # 413 before the body is read
-    app.extensions["vigil.detection"] = detection or build_detection(settings)
-    register_request_hooks(app)
-    register_admission(app, settings)
-    register_blueprints(app, settings)
+    app.extensions["vigil.metrics"] = metrics
+    app.extensions["vigil.detection"] = detection or build_detection(settings, metrics)
+    register_request_hooks(app, metrics)
+    register_admission(app, settings, metrics)
+    register_blueprints(app, settings, metrics)
     register_openapi(app)
     register_error_handlers(app)
     return app
 
 
-def build_detection(settings: Settings) -> Detection:
-    prometheus = PrometheusClient.from_settings(settings.prometheus, on_request=telemetry.record_upstream)
-    loki = LokiClient.from_settings(settings.loki, on_request=telemetry.record_upstream) if settings.loki.url else None
-    cache = ModelCache(settings.detection.cache_size, on_lookup=telemetry.record_cache,
+def build_detection(settings: Settings, metrics: ServiceMetrics | None = None) -> Detection:
+    metrics = metrics or ServiceMetrics()
+    prometheus = PrometheusClient.from_settings(settings.prometheus, on_request=metrics.record_upstream)
+    loki = LokiClient.from_settings(settings.loki, on_request=metrics.record_upstream) if settings.loki.url else None
+    cache = ModelCache(settings.detection.cache_size, on_lookup=metrics.record_cache,
                        max_bytes=settings.detection.cache_max_mb * 2**20)
-    return Detection(settings, prometheus, loki, cache, on_fit=telemetry.record_fit)
+    return Detection(settings, prometheus, loki, cache, on_fit=metrics.record_fit)
 
 
-def register_blueprints(app: Flask, settings: Settings) -> None:
-    app.register_blueprint(health_blueprint(settings))
+def register_blueprints(app: Flask, settings: Settings, metrics: ServiceMetrics) -> None:
+    app.register_blueprint(health_blueprint(settings, metrics))
     app.register_blueprint(json_datasource_blueprint(settings), url_prefix="/json")
     app.register_blueprint(infinity_blueprint(settings), url_prefix="/api/v1")
     app.register_blueprint(prometheus_api_blueprint(settings), url_prefix="/prometheus")
@@ -78,7 +84,7 @@ def register_openapi(app: Flask) -> None:
         return Response(text, mimetype="application/json")
 
 
-def register_request_hooks(app: Flask) -> None:
+def register_request_hooks(app: Flask, metrics: ServiceMetrics) -> None:
     @app.before_request
     def start() -> None:
         g.started = _clock.monotonic()
@@ -92,8 +98,7 @@ def register_request_hooks(app: Flask) -> None:
     def finish(response):
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         duration_s = _clock.monotonic() - g.get("started", _clock.monotonic())
-        telemetry.HTTP_REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        telemetry.HTTP_DURATION.labels(endpoint).observe(duration_s)
+        metrics.record_request(endpoint, response.status_code, duration_s)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         if endpoint not in ("/healthz", "/readyz", "/metrics"):
             log.info("request", extra={"method": request.method, "path": _excerpt(request.path, 200),

@@ -13,16 +13,16 @@ import threading
 import requests
 from flask import Blueprint, Response, current_app, jsonify
 
-from .. import telemetry
 from ..config import Settings
 from ..errors import UpstreamUnavailable
+from ..telemetry import CONTENT_TYPE_LATEST, ServiceMetrics
 
 __all__ = ["health_blueprint", "READY_TIMEOUT_S"]
 
 READY_TIMEOUT_S = 1.0
 
 
-def health_blueprint(settings: Settings) -> Blueprint:
+def health_blueprint(settings: Settings, service_metrics: ServiceMetrics) -> Blueprint:
     bp = Blueprint("health", __name__)
     state = {"ready": False}
     probing = threading.Lock()
@@ -53,6 +53,6 @@ def health_blueprint(settings: Settings) -> Blueprint:
 
     @bp.get("/metrics")
     def metrics():
-        return Response(telemetry.render(), mimetype=telemetry.CONTENT_TYPE_LATEST)
+        return Response(service_metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     return bp
