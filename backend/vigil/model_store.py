@@ -17,10 +17,12 @@ Must not: fetch from Prometheus, score, or know about HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, NamedTuple, TypeVar
+from typing import Any, Callable, Hashable, Iterator, NamedTuple, TypeVar
 
 from .detectors import Detector
 from .model_cache import ModelCache
@@ -120,6 +122,26 @@ class ModelStore:
     def __init__(self, cache: ModelCache):
         self.cache = cache
         self._fits = SingleFlight()
+        self._locks: dict[Hashable, list] = {}  # key -> [lock, users]
+        self._locks_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def training(self, params: tuple, slot: int) -> Iterator[None]:
+        """Held while a query fetches training history and fits the models of ``(params, slot)``:
+        an identical query arriving meanwhile waits, then finds the models stored instead of
+        fetching the same history again. Queries of other parameters never wait on it."""
+        key = (params, slot)
+        with self._locks_lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._locks.pop(key, None)
 
     def get(self, key: ModelKey, *, count: bool = True) -> Any | None:
         """The model stored under ``key``; ``count=False`` for look-ups that are not a model's use."""

@@ -132,15 +132,20 @@ class Detection:
         # detector's trailing level and shift windows): the same score and decision for a
         # timestamp whether a panel shows 30 minutes or 7 days, and in the worker. Panels that
         # asked for a coarser step get the scores downsampled to it (score_series).
+        # Two contexts are fetched before the view: the first gives the points of the second
+        # their whole context, and the second is the episodes' warm-up (hysteresis is causal).
+        # So every point the answer depends on is scored from its whole context, and is kept in
+        # the score store for the next refresh, whose warm-up is then already scored.
         context_ms = int(CONTEXT_S * 1000)
-        step_s = self._step_s(query.end_ms - query.start_ms + context_ms,
+        step_s = self._step_s(query.end_ms - query.start_ms + 2 * context_ms,
                               max(self.settings.detection.score_step_s, 1.0))
         if step_s > self.settings.detection.score_step_s:
             notices.append(f"scored at a {format_duration(step_s)} step to stay within "
                            f"{self.settings.prometheus.max_points_per_series} points per series")
         step_ms = int(step_s * 1000)
         view_start_ms = -(-query.start_ms // step_ms) * step_ms  # on the step grid, like Grafana
-        fetch_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
+        warmup_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
+        fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
         try:
             view = self.fetch(client, source, expr, fetch_start_ms, query.end_ms, step_s, remaining_s())
@@ -152,7 +157,7 @@ class Detection:
             raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")
         return FetchedView(query, expr, source, unit, legend, where, client, step_s, view_start_ms, view, notices,
-                           remaining_s, max(step_s, float(query.step_s)))
+                           remaining_s, max(step_s, float(query.step_s)), warmup_start_ms)
 
     def fetch(self, client: Source, source: str, expr: str, start_ms: int, end_ms: int, step_s: float,
               deadline_s: float | None) -> list[Series]:
@@ -175,7 +180,11 @@ class Detection:
             scores = detector.score(s.times_ms, s.values)
         else:
             scores = self.scores.score((fitted.key, series_key(s.labels), fetched.step_s), detector.score,
-                                       s.times_ms, s.values, context_ms=int(CONTEXT_S * 1000))
+                                       s.times_ms, s.values, context_ms=int(CONTEXT_S * 1000),
+                                       from_ms=fetched.warmup_start_ms)
+        # Episodes are decided from the warm-up on: the points before it are context only.
+        warm = s.times_ms >= fetched.warmup_start_ms
+        s, scores, keep = Series(s.labels, s.times_ms[warm], s.values[warm]), Scores(*(a[warm] for a in scores)), keep[warm]
         is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet_points_for(fetched.step_s))
         # Only what was asked for is returned; an episode that began in the context keeps its start.
         episodes = [e._replace(reason=explain(e, detector, unit=fetched.unit, series=name)) for e in episodes
@@ -231,6 +240,26 @@ class Detection:
             self._refit_later(fetched, plan, params, stale)
         if not missing:
             return found
+        with self.models.training(params, plan.slot):
+            self._fit_missing(fetched, plan, params, series, missing, found)
+        return found
+
+    def _fit_missing(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, series: list[Series],
+                     missing: list[Series], found: dict[str, FittedModel]) -> None:
+        query = fetched.query
+        # An identical query may have fitted them while this one waited for the training lock.
+        still = []
+        for s in missing:
+            name = series_key(s.labels)
+            key = ModelKey(params, name, plan.slot)
+            model = self.models.get(key, count=False)
+            if model is not None:
+                found[name] = FittedModel(model, FitState.FITTED, query.model, key)
+            else:
+                still.append(s)
+        missing = still
+        if not missing:
+            return
         history, recent = self.fetch_training(fetched, plan, recent=is_learned(query.model))
         floor = self.min_deviation(query)
         min_points = self.settings.detection.min_train_points
@@ -272,7 +301,6 @@ class Detection:
                                    "are scored by the seasonal baseline fitted on the start of the range")
         if len(found) < len(series):
             fetched.notices.append(f"{len(series) - len(found)} series have too little data to score")
-        return found
 
     def _timed_fit(self, model: str, times: np.ndarray, values: np.ndarray, query: Query, step_s: float,
                    floor: MinDeviation, **kw) -> Detector:

@@ -118,5 +118,8 @@ class FetchedView:
     remaining_s: Callable[[], float]
     #: the step the answer is returned at: the scoring step, or the coarser one the query asked for
     view_step_s: float = 0.0
+    #: where the episodes' warm-up starts: one context before the view (the points before it are
+    #: only the context of the warm-up's scores)
+    warmup_start_ms: int = 0
 
 

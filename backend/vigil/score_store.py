@@ -55,10 +55,11 @@ class ScoreStore:
         self.scored_points = 0
 
     def score(self, key: Hashable, score: Callable[[np.ndarray, np.ndarray], Scores], times_ms: np.ndarray,
-              values: np.ndarray, *, context_ms: int) -> Scores:
-        """Scores of every point of ``(times_ms, values)``; ``score`` is the detector's, called on
+              values: np.ndarray, *, context_ms: int, from_ms: int | None = None) -> Scores:
+        """Scores of the points of ``(times_ms, values)`` from ``from_ms`` on (NaN before it, where
+        no tape has them: those points are only context); ``score`` is the detector's, called on
         the points not in the tape and the ``context_ms`` before them. Points of the first
-        ``context_ms`` of the series that no tape holds are scored from the context there is."""
+        ``context_ms`` of a series that starts later are scored from the context there is."""
         n = times_ms.size
         with self._lock:
             tape = self._tapes.get(key)
@@ -70,10 +71,13 @@ class ScoreStore:
             where = np.minimum(np.searchsorted(tape.times_ms, times_ms), tape.times_ms.size - 1)
             same_value = (tape.values[where] == values) | (np.isnan(tape.values[where]) & np.isnan(values))
             known = (tape.times_ms[where] == times_ms) & same_value
-        if known.all() and tape is not None:
-            self.reused_points += n
-            return Scores(*(a[where] for a in tape.scores))
-        first = int(np.flatnonzero(~known)[0])
+        needed = ~known if from_ms is None else ~known & (times_ms >= from_ms)
+        if not needed.any():
+            self.reused_points += int(known.sum())
+            if tape is None:
+                return Scores(*(np.full(n, np.nan) for _ in range(4)))
+            return Scores(*(np.where(known, a[where], np.nan) for a in tape.scores))
+        first = int(np.flatnonzero(needed)[0])
         # The points a new one's score looks at: ``context_ms`` before it (one step more, for
         # a window that counts its points from the step).
         step_ms = int(np.median(np.diff(times_ms))) if n > 1 else 0
@@ -89,7 +93,8 @@ class ScoreStore:
         self.scored_points += n - lo
         self.reused_points += int(known.sum())
         # What the tape may keep: the points scored with their whole context, or taken from it.
-        full = known | (times_ms >= times_ms[0] + context_ms)
+        full = known.copy()
+        full[lo:] |= times_ms[lo:] >= times_ms[lo] + context_ms
         self._store(key, tape, times_ms[full], values[full], Scores(*(a[full] for a in scores)))
         return scores
 

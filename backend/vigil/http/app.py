@@ -21,6 +21,7 @@ from ..model_cache import ModelCache
 from ..pipeline import Detection
 from ..prometheus import LokiClient, PrometheusClient
 from .admission import register_admission
+from .encoding import OrjsonProvider, register_compression
 from .health import health_blueprint
 from .infinity import infinity_blueprint
 from .json_datasource import json_datasource_blueprint
@@ -37,10 +38,11 @@ def create_app(settings: Settings | None = None, *, detection: Detection | None 
     settings = settings or Settings()
     app = Flask("vigil")
     app.config["VIGIL_SETTINGS"] = settings
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)  # compact, keys in order, numpy arrays written directly
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes  # 413 before the body is read
     app.extensions["vigil.detection"] = detection or build_detection(settings)
     register_request_hooks(app)
+    register_compression(app)
     register_admission(app, settings)
     register_blueprints(app, settings)
     register_openapi(app)
