@@ -100,9 +100,10 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     token: Secret | None = field(default=None, metadata=_meta("bearer token Grafana sends", secret=True))
-    workers: int = 2
-    threads: int = field(default=8, metadata=_meta(
-        "threads per worker process: max_inflight of them score, some wait, one is always free for probes"))
+    workers: int = field(default=1, metadata=_meta(
+        "gunicorn worker processes; one keeps one copy of the models and scores (docs/ARCHITECTURE.md)"))
+    threads: int = field(default=64, metadata=_meta(
+        "threads per worker process: max_inflight of them score, the others wait, one is always free for probes"))
     request_timeout_s: float = field(default=25.0, metadata=_meta("answer within Grafana's 30 s proxy timeout"))
     max_range_s: float = field(default=31 * 86400.0, metadata=_meta("longest range a query may view"))
     max_series: int = field(default=500, metadata=_meta("most series one query may return"))
@@ -111,7 +112,7 @@ class ServerSettings:
     max_targets: int = field(default=26, metadata=_meta("most queries (targets) one panel request may carry"))
     max_query_chars: int = field(default=8192, metadata=_meta("longest query expression, label value or string field"))
     max_inflight: int | None = field(default=None, metadata=_meta(
-        "scoring requests one worker process runs at once (default threads / 2); up to threads - max_inflight - 1 "
+        "scoring requests one worker process runs at once (default 4, at most threads / 2); up to threads - max_inflight - 1 "
         "more wait (queue_wait), so a thread is always free for /healthz and /readyz; the rest get 429 at once"))
     queue_wait_s: float = field(default=5.0, metadata=_meta("longest wait for a scoring slot (taken from the deadline)"))
     retry_after_s: float = field(default=2.0, metadata=_meta("the Retry-After sent with a 429"))
