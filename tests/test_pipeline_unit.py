@@ -63,6 +63,8 @@ def test_a_refresh_fetches_the_view_only_fits_nothing_and_scores_only_the_new_po
     refreshed = det.run(view(end_ms, 1))
     assert len(fits) == N_SERIES, "a refresh fitted models again"
     assert len(source.calls) == 3, "a refresh fetched more than its view"
+    _, start_s, end_s, _ = source.calls[-1]
+    assert end_s - start_s <= 7 * 60, "a refresh fetched its whole view again, not the new points"
     context_points = 6 * 60 + 2
     assert det.scores.scored_points - scored <= N_SERIES * (context_points + 2), "a refresh rescored old points"
     assert det.scores.reused_points >= N_SERIES * (VIEW_POINTS - 1)

@@ -6,7 +6,8 @@ Flask and never writes to Grafana or Alertmanager. A query's models are trained 
 moment uses the same model; ``vigil.model_store`` owns the plan, the keys and reuse), and every
 point is scored at ``detection.score_step`` from the detector's fixed context before it (so a
 point's verdict does not depend on the view). Points already scored by the same model are taken
-from the score store (``vigil.score_store``): a refresh scores only the points that are new.
+from the score store (``vigil.score_store``): a refresh scores only the points that are new, and
+fetches only them (``vigil.view_cache``).
 Identical fetches and fits asked for at once by several threads run once (single-flight).
 A query with ``group_by`` is scored per group of series by one multivariate model instead
 (``vigil.grouping``), on the same fetched view and training plan.
@@ -44,6 +45,7 @@ from .scored import DetectionResult, ScoredSeries, downsample, exclude_windows
 from .series import Series, series_key, series_name
 from .singleflight import SingleFlight
 from .units import MinDeviation, format_duration, ms_to_s, parse_min_deviation
+from .view_cache import ViewCache
 
 __all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "Source", "build_query",
            "exclude_windows", "downsample"]
@@ -70,6 +72,7 @@ class Detection:
         self.scores = scores if scores is not None else ScoreStore(
             max_bytes=settings.detection.cache_max_mb * 2**20 // 4,
             max_points=settings.prometheus.max_points_per_series + int(CONTEXT_S // max(settings.detection.score_step_s, 1)))
+        self.views = ViewCache(max_bytes=settings.detection.cache_max_mb * 2**20 // 8)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
         # Identical Prometheus fetches asked for at once (eight viewers of one dashboard) run once.
@@ -148,7 +151,10 @@ class Detection:
         fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
         try:
-            view = self.fetch(client, source, expr, fetch_start_ms, query.end_ms, step_s, remaining_s())
+            # A refresh asks Prometheus only for what is new since the last fetch of this view.
+            view = self.views.fetch((source, expr, step_s), fetch_start_ms, query.end_ms, step_ms,
+                                    lambda a_ms, b_ms: self.fetch(client, source, expr, a_ms, b_ms, step_s,
+                                                                  remaining_s()))
         except VigilError as exc:
             raise type(exc)(f"{where}: {exc.message}", code=exc.code) from None
         view = [s for s in view if s.times_ms.size and (query.series_filter is None or query.series_filter(s.labels))]

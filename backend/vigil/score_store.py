@@ -100,14 +100,14 @@ class ScoreStore:
 
     def _store(self, key: Hashable, old: Tape | None, times_ms: np.ndarray, values: np.ndarray,
                scores: Scores) -> None:
-        if old is not None and old.times_ms.size:
-            # Keep what the old tape had outside the new points (another panel's range).
-            keep = ~np.isin(old.times_ms, times_ms)
-            times_ms = np.concatenate([old.times_ms[keep], times_ms])
-            order = np.argsort(times_ms, kind="stable")
-            times_ms = times_ms[order]
-            values = np.concatenate([old.values[keep], values])[order]
-            scores = Scores(*(np.concatenate([o[keep], s])[order] for o, s in zip(old.scores, scores)))
+        if old is not None and old.times_ms.size and times_ms.size:
+            # Keep what the old tape had before and after the new points (another panel's range).
+            before = old.times_ms < times_ms[0]
+            after = old.times_ms > times_ms[-1]
+            if before.any() or after.any():
+                times_ms = np.concatenate([old.times_ms[before], times_ms, old.times_ms[after]])
+                values = np.concatenate([old.values[before], values, old.values[after]])
+                scores = Scores(*(np.concatenate([o[before], a, o[after]]) for o, a in zip(old.scores, scores)))
         if times_ms.size > self.max_points:
             cut = times_ms.size - self.max_points
             times_ms, values, scores = times_ms[cut:], values[cut:], Scores(*(a[cut:] for a in scores))
