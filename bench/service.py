@@ -115,14 +115,15 @@ class Stack:
         return server, url
 
 
-def panel(url: str, body: dict, n_series: int, session: requests.Session | None = None) -> tuple[float, int, int]:
-    """One panel query: (seconds, status, bytes on the wire)."""
+def panel(url: str, body: dict, n_series: int, session: requests.Session | None = None, *,
+          check: bool = True) -> tuple[float, int, int]:
+    """One panel query: (seconds, status, bytes on the wire); ``check``: parse and check the frames."""
     t0 = time.perf_counter()
     r = (session or requests).post(f"{url}/json/query", json=body, timeout=60, headers={"Accept-Encoding": "gzip"},
                                    stream=True)
     raw = r.raw.read(decode_content=False)
     elapsed = time.perf_counter() - t0
-    if r.status_code == 200:
+    if r.status_code == 200 and check:
         frames = json.loads(_decode(raw, r))
         assert len(frames) >= n_series and len(frames[0]["fields"][0]["values"]) == VIEW_POINTS, \
             (len(frames), frames[0] if frames else None)
@@ -165,7 +166,7 @@ def measure_concurrency(stack: Stack, model: str, n_panels: int, duration_s: flo
     # Five dashboards' queries (20 series each), ten viewers each.
     exprs = [f'bench_metric{{instance=~"host-0[{2 * d}{2 * d + 1}][0-9]"}}' if stack.n_series >= 100 else "bench_metric"
              for d in range(5)]
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []  # (started, seconds)
     errors: list[str] = []
     health: list[float] = []
     lock = threading.Lock()
@@ -181,9 +182,11 @@ def measure_concurrency(stack: Stack, model: str, n_panels: int, duration_s: flo
             step = int((time.monotonic() - started) / 2)  # the view moves one step every 2 s
             body = query_body(*stack.view(step), model, expr)
             try:
-                seconds, status, _ = panel(url, body, 1, session)
+                t0 = time.monotonic()
+                # Not parsed: the client shares the machine's two cores with the service.
+                seconds, status, _ = panel(url, body, 1, session, check=False)
                 with lock:
-                    latencies.append(seconds)
+                    latencies.append((t0, seconds))
                     if status != 200:
                         errors.append(str(status))
             except Exception as exc:  # noqa: BLE001 - counted as an error
@@ -210,8 +213,13 @@ def measure_concurrency(stack: Stack, model: str, n_panels: int, duration_s: flo
         stop.set()
         for t in threads:
             t.join(timeout=90)
+        # The first wave: every panel's first answer (cold: models are trained for it).
+        first_wave_end = max((t0 + s for t0, s in sorted(latencies)[:n_panels]), default=started)
+        warm = [s for t0, s in latencies if t0 > first_wave_end]
+        every = [s for _, s in latencies]
         return {"model": model, "panels": n_panels, "requests": len(latencies), "errors": len(errors),
-                "p50_s": _p(latencies, 0.5), "p99_s": _p(latencies, 0.99), "max_s": max(latencies, default=0.0),
+                "p50_s": _p(every, 0.5), "p99_s": _p(every, 0.99), "max_s": max(every, default=0.0),
+                "first_wave_s": first_wave_end - started, "warm_p50_s": _p(warm, 0.5), "warm_p99_s": _p(warm, 0.99),
                 "health_p99_s": _p(health, 0.99), "health_max_s": max(health, default=0.0),
                 "error_kinds": sorted(set(errors))}
     finally:
@@ -256,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     if load:
         print(f"\n{load['panels']} concurrent panels for {args.duration:g} s (model {load['model']}, five queries of "
               f"20 series, ten viewers each, opened together, then refreshed every {args.refresh:g} s)\n")
-        print("| requests | p50 | p99 | max | errors | /healthz p99 | /healthz max |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| requests | p50 | p99 | max | first wave answered after | after it: p50 | after it: p99 | errors "
+              "| /healthz p99 | /healthz max |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print(f"| {load['requests']} | {load['p50_s'] * 1000:.0f} ms | {load['p99_s'] * 1000:.0f} ms | "
-              f"{load['max_s'] * 1000:.0f} ms | {load['errors']} {' '.join(load['error_kinds'])} | "
+              f"{load['max_s'] * 1000:.0f} ms | {load['first_wave_s']:.1f} s | {load['warm_p50_s'] * 1000:.0f} ms | "
+              f"{load['warm_p99_s'] * 1000:.0f} ms | {load['errors']} {' '.join(load['error_kinds'])} | "
               f"{load['health_p99_s'] * 1000:.0f} ms | {load['health_max_s'] * 1000:.0f} ms |")
     return 0
 

@@ -181,3 +181,23 @@ def test_build_query_refuses_what_cannot_be_scored():
     with pytest.raises(BadRequest, match="ends before it starts"):
         build_query(Settings(), expr="m", start_ms=60_000, end_ms=0, step_s=60)
     assert build_query(Settings(), expr="m", start_ms=0, end_ms=60_000, step_s=60).model == "auto"
+
+
+def test_refreshes_while_a_learned_model_trains_reuse_its_stored_baseline(history, end_ms):
+    fits: list[str] = []
+    det, source = detection(history[:2], fits)
+    hold = threading.Event()
+    det._background.submit(hold.wait, 60)  # the background thread is busy until released
+    try:
+        first = det.run(view(end_ms, 0, model="iforest", fit_budget_s=0.0))
+        assert {s.model for s in first.series} == {"seasonal (while iforest trains)"}
+        fitted, calls = len(fits), len(source.calls)
+        again = det.run(view(end_ms, 1, model="iforest", fit_budget_s=0.0))
+        assert {s.model for s in again.series} == {"seasonal (while iforest trains)"}
+        assert len(fits) == fitted, "a refresh refitted the interim baseline"
+        assert len(source.calls) == calls + 1, "a refresh fetched the training history again"
+    finally:
+        hold.set()
+    det._background.submit(lambda: None).result(timeout=120)
+    assert fits.count("iforest") == 2
+    assert {s.model for s in det.run(view(end_ms, 2, model="iforest", fit_budget_s=0.0)).series} == {"iforest"}

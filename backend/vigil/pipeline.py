@@ -69,10 +69,12 @@ class Detection:
         self.cache = cache if cache is not None else ModelCache(settings.detection.cache_size,
                                          max_bytes=settings.detection.cache_max_mb * 2**20)
         self.models = ModelStore(self.cache)
+        # The scores and the fetched views get a quarter and an eighth of the models' memory
+        # again (the worker's larger model cache gives them more too).
         self.scores = scores if scores is not None else ScoreStore(
-            max_bytes=settings.detection.cache_max_mb * 2**20 // 4,
+            max_bytes=self.cache.max_bytes // 4,
             max_points=settings.prometheus.max_points_per_series + int(CONTEXT_S // max(settings.detection.score_step_s, 1)))
-        self.views = ViewCache(max_bytes=settings.detection.cache_max_mb * 2**20 // 8)
+        self.views = ViewCache(max_bytes=self.cache.max_bytes // 8)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
         # Identical Prometheus fetches asked for at once (eight viewers of one dashboard) run once.
@@ -211,12 +213,12 @@ class Detection:
                                step_s=fetched.step_s, refit_every_s=det.refit_every_s,
                                max_train_points=det.max_train_points)
 
-    def model_params(self, fetched: FetchedView, plan: TrainingPlan) -> tuple:
-        """What a per-series model depends on besides its series and slot (the score's meaning
-        depends on the scoring step: false alarms per week, so it is in)."""
+    def model_params(self, fetched: FetchedView, plan: TrainingPlan, *, model: str | None = None) -> tuple:
+        """What a per-series model (the query's, or ``model``) depends on besides its series and
+        slot (the score's meaning depends on the scoring step: false alarms per week, so it is in)."""
         query = fetched.query
-        return (fetched.source, fetched.expr, query.model, query.sensitivity, query.train_window_s, plan.train_step_s,
-                fetched.step_s, query.exclude, self.min_deviation(query))
+        return (fetched.source, fetched.expr, model or query.model, query.sensitivity, query.train_window_s,
+                plan.train_step_s, fetched.step_s, query.exclude, self.min_deviation(query))
 
     def detectors(self, fetched: FetchedView, series: list[Series]) -> dict[str, FittedModel]:
         """Fitted (or stored) per-series models for ``series`` of ``fetched``, keyed by series key."""
@@ -253,37 +255,51 @@ class Detection:
     def _fit_missing(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, series: list[Series],
                      missing: list[Series], found: dict[str, FittedModel]) -> None:
         query = fetched.query
-        # An identical query may have fitted them while this one waited for the training lock.
+        # The baseline that answers for a learned model while it trains is the seasonal model of
+        # the same series and parameters (what a ``seasonal`` panel uses): stored, so refreshes
+        # during the training neither refit nor rescore it.
+        interim = self.model_params(fetched, plan, model="seasonal")
+        learned_panel = query.fit_budget_s is not None and is_learned(query.model)
+        # An identical query may have fitted them while this one waited for the training lock;
+        # a model training in the background answers by its stored baseline meanwhile.
         still = []
+        deferred: list[str] = []
         for s in missing:
             name = series_key(s.labels)
             key = ModelKey(params, name, plan.slot)
             model = self.models.get(key, count=False)
+            baseline = (self.models.get(ModelKey(interim, name, plan.slot), count=False)
+                        if learned_panel and key in self._pending else None)
             if model is not None:
                 found[name] = FittedModel(model, FitState.FITTED, query.model, key)
+            elif baseline is not None:
+                found[name] = FittedModel(baseline, FitState.BASELINE_WHILE_TRAINING, query.model,
+                                          ModelKey(interim, name, plan.slot))
+                deferred.append(name)
             else:
                 still.append(s)
         missing = still
         if not missing:
+            self._deferred_notice(fetched, deferred)
             return
         history, recent = self.fetch_training(fetched, plan, recent=is_learned(query.model))
         floor = self.min_deviation(query)
         min_points = self.settings.detection.min_train_points
-        cold = deferred = 0
+        cold = 0
         fit_started = _clock.monotonic()
         for s in missing:
             name = series_key(s.labels)
             key = ModelKey(params, name, plan.slot)
             times, values, recent_pair = _training_arrays(history.get(name), recent.get(name), query.exclude)
             if np.isfinite(values).sum() >= min_points:
-                over_budget = (query.fit_budget_s is not None and is_learned(query.model)
-                               and _clock.monotonic() - fit_started > query.fit_budget_s)
-                if over_budget:
-                    # Answer now with the baseline; the learned model is stored for the next refresh.
-                    baseline = self._timed_fit("seasonal", times, values, query, fetched.step_s, floor)
-                    found[name] = FittedModel(baseline, FitState.BASELINE_WHILE_TRAINING, query.model)
-                    self._refit_later(fetched, plan, params, [name])
-                    deferred += 1
+                if learned_panel and _clock.monotonic() - fit_started > query.fit_budget_s:  # type: ignore[operator]
+                    # Answer now with the baseline; the learned model trains in the background.
+                    interim_key = ModelKey(interim, name, plan.slot)
+                    baseline = self.models.fit_once(interim_key, lambda: self._timed_fit(
+                        "seasonal", times, values, query, fetched.step_s, floor))
+                    if baseline is not None:
+                        found[name] = FittedModel(baseline, FitState.BASELINE_WHILE_TRAINING, query.model, interim_key)
+                        deferred.append(name)
                     continue
                 fitted = self.models.fit_once(key, lambda: self._timed_fit(
                     query.model, times, values, query, fetched.step_s, floor, recent=recent_pair,
@@ -300,13 +316,20 @@ class Detection:
             found[name] = FittedModel(baseline, FitState.COLD_START, query.model)
             cold += 1
         if deferred:
-            fetched.notices.append(f"{deferred} series are scored by the seasonal baseline while their {query.model} "
-                                   "models train in the background: refresh in a few seconds")
+            # One background job for all of them, handed the history already fetched.
+            self._refit_later(fetched, plan, params, deferred, history=(history, recent))
+        self._deferred_notice(fetched, deferred)
         if cold:
             fetched.notices.append(f"{cold} series had less than {min_points} points of history before the range and "
                                    "are scored by the seasonal baseline fitted on the start of the range")
         if len(found) < len(series):
             fetched.notices.append(f"{len(series) - len(found)} series have too little data to score")
+
+    @staticmethod
+    def _deferred_notice(fetched: FetchedView, deferred: list[str]) -> None:
+        if deferred:
+            fetched.notices.append(f"{len(deferred)} series are scored by the seasonal baseline while their "
+                                   f"{fetched.query.model} models train in the background: refresh in a few seconds")
 
     def _timed_fit(self, model: str, times: np.ndarray, values: np.ndarray, query: Query, step_s: float,
                    floor: MinDeviation, **kw) -> Detector:
@@ -338,7 +361,8 @@ class Detection:
             raise type(exc)(f"{fetched.where}: fetching training history: {exc.message}", code=exc.code) from None
         return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
 
-    def _refit_later(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, names: list[str]) -> None:
+    def _refit_later(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, names: list[str], *,
+                     history: tuple[dict[str, Series], dict[str, Series]] | None = None) -> None:
         """Fit ``keys`` for the current slot in the background (one thread per process; a key
         already being fitted, there or by a request, is fitted once)."""
         query = fetched.query
@@ -353,11 +377,11 @@ class Detection:
 
         def work() -> None:
             try:
-                history, recent = self.fetch_training(background, plan, recent=is_learned(query.model))
+                past, recent = history or self.fetch_training(background, plan, recent=is_learned(query.model))
                 floor = self.min_deviation(query)
                 for key in todo:
                     name = str(key.series)
-                    times, values, recent_pair = _training_arrays(history.get(name), recent.get(name), query.exclude)
+                    times, values, recent_pair = _training_arrays(past.get(name), recent.get(name), query.exclude)
                     if np.isfinite(values).sum() < self.settings.detection.min_train_points:
                         continue
                     self.models.fit_once(key, lambda: self._timed_fit(

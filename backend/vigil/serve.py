@@ -69,7 +69,9 @@ def gunicorn_options(settings: Settings, log_level: str = "info") -> dict[str, A
         "threads": server.threads,
         "timeout": int(server.request_timeout_s + 10),
         "graceful_timeout": 20,
-        "keepalive": 5,
+        # Longer than a dashboard's refresh and most proxies' idle timeouts: a client reusing a
+        # connection the server has just closed gets a connection error, not an answer.
+        "keepalive": 75,
         # No recycling: the process's models and scores are what makes a refresh cheap, and their
         # memory is bounded by the stores' caps (detection.cache_max_mb), not by restarts.
         "max_requests": 0,
