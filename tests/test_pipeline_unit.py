@@ -54,6 +54,14 @@ def verdicts(result) -> dict:
                                        s.is_anomaly)}
 
 
+def assert_same(warm: dict, fresh: dict) -> None:
+    """The same points with the same scores, bands and decisions."""
+    assert sorted(warm) == sorted(fresh)
+    a, b = (np.array([v[k] for k in sorted(v)]) for v in (warm, fresh))
+    np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True)
+    assert np.nansum(a[:, 3]) > 0, "no anomaly in the view: the comparison says little"
+
+
 def test_a_refresh_fetches_the_view_only_fits_nothing_and_scores_only_the_new_points(history, end_ms):
     fits: list[str] = []
     det, source = detection(history, fits)
@@ -70,11 +78,7 @@ def test_a_refresh_fetches_the_view_only_fits_nothing_and_scores_only_the_new_po
     assert det.scores.reused_points >= N_SERIES * (VIEW_POINTS - 1)
     # The same answer as a process that never saw the first view.
     cold, _ = detection(history)
-    warm, fresh = verdicts(refreshed), verdicts(cold.run(view(end_ms, 1)))
-    assert sorted(warm) == sorted(fresh)
-    a, b = (np.array([v[k] for k in sorted(v)]) for v in (warm, fresh))
-    np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True)
-    assert np.nansum(a[:, 3]) > 0, "no anomaly in the view: the comparison says little"
+    assert_same(verdicts(refreshed), verdicts(cold.run(view(end_ms, 1))))
     assert all(s.model == "seasonal" for s in refreshed.series)
 
 
@@ -201,3 +205,19 @@ def test_refreshes_while_a_learned_model_trains_reuse_its_stored_baseline(histor
     det._background.submit(lambda: None).result(timeout=120)
     assert fits.count("iforest") == 2
     assert {s.model for s in det.run(view(end_ms, 2, model="iforest", fit_budget_s=0.0)).series} == {"iforest"}
+
+
+def test_panels_of_one_expression_over_different_ranges_both_refresh_incrementally(history, end_ms):
+    det, source = detection(history)
+    short = lambda i: Query(expr="m", start_ms=view(end_ms, i).end_ms - 3600_000,  # noqa: E731
+                            end_ms=view(end_ms, i).end_ms, step_s=60)
+    det.run(view(end_ms, 0))
+    det.run(short(0))
+    det.run(view(end_ms, 1))
+    det.run(short(1))
+    view_fetches = [c for c in source.calls if c[3] == 60]
+    assert len(view_fetches) == 4
+    assert all(end_s - start_s <= 7 * 60 for _, start_s, end_s, _ in view_fetches[1:]), view_fetches
+    # And the answer is the cold one.
+    cold, _ = detection(history)
+    assert_same(verdicts(det.run(view(end_ms, 2))), verdicts(cold.run(view(end_ms, 2))))

@@ -5,7 +5,8 @@ absolute step grid (``vigil.pipeline`` aligns its starts), so the points of the 
 share are the same points: :meth:`ViewCache.fetch` asks Prometheus only for the range from
 ``overlap_ms`` before the end of the stored one (late samples and slow scrapes land there) to the
 new end, and returns the stored points of the shared part with the fresh ones after them. A range
-that starts before the stored one, or past its end, is fetched whole and replaces it. Bounded in
+that starts before the stored one, or past its end, is fetched whole and replaces it; otherwise
+the entry keeps the longest range asked for, sliding forward with the newest end. Bounded in
 bytes (least recently used first). Thread-safe. Must not: score, or know what a source is.
 """
 
@@ -59,19 +60,30 @@ class ViewCache:
         from_ms = max(start_ms, -(-(entry.end_ms - self.overlap_ms) // step_ms) * step_ms)
         fresh = fetch(from_ms, end_ms)
         self.partial += 1
+        # The entry keeps the longest range asked for, sliding forward: panels of one expression
+        # showing 1 hour and 12 hours both refresh from it.
+        kept_ms = max(entry.start_ms, end_ms - max(entry.end_ms - entry.start_ms, end_ms - start_ms))
+        kept_ms = min(kept_ms, start_ms)
         new = {series_key(s.labels): s for s in fresh}
-        out: list[Series] = []
+        stored: list[Series] = []
         for old in entry.series:
-            keep = (old.times_ms >= start_ms) & (old.times_ms < from_ms)
+            keep = (old.times_ms >= kept_ms) & (old.times_ms < from_ms)
             s = new.pop(series_key(old.labels), None)
             if s is None:
                 if keep.any():
-                    out.append(Series(old.labels, old.times_ms[keep], old.values[keep]))
+                    stored.append(Series(old.labels, old.times_ms[keep], old.values[keep]))
                 continue
-            out.append(Series(s.labels, np.concatenate([old.times_ms[keep], s.times_ms]),
-                              np.concatenate([old.values[keep], s.values])))
-        out.extend(new.values())  # series that appeared since
-        self._put(key, _Entry(start_ms, end_ms, out))
+            stored.append(Series(s.labels, np.concatenate([old.times_ms[keep], s.times_ms]),
+                                 np.concatenate([old.values[keep], s.values])))
+        stored.extend(new.values())  # series that appeared since
+        self._put(key, _Entry(kept_ms, end_ms, stored))
+        if kept_ms == start_ms:
+            return stored
+        out = []
+        for s in stored:
+            shown = s.times_ms >= start_ms
+            if shown.any():
+                out.append(Series(s.labels, s.times_ms[shown], s.values[shown]))
         return out
 
     def _put(self, key: Hashable, entry: _Entry) -> None:
