@@ -16,6 +16,7 @@ import pytest
 from fakesource import FakeSource, synthetic_series
 from realstack import wait_for
 from vigil.config import Settings
+from vigil.detectors import CONTEXT_S
 from vigil.errors import BadRequest
 from vigil.model_store import FitState, ModelKey, ModelStore, TrainingPlan
 from vigil.model_cache import ModelCache
@@ -73,7 +74,7 @@ def test_a_refresh_fetches_the_view_only_fits_nothing_and_scores_only_the_new_po
     assert len(source.calls) == 3, "a refresh fetched more than its view"
     _, start_s, end_s, _ = source.calls[-1]
     assert end_s - start_s <= 7 * 60, "a refresh fetched its whole view again, not the new points"
-    context_points = 6 * 60 + 2
+    context_points = int(CONTEXT_S // 60) + 2  # a new point is scored from its context only
     assert det.scores.scored_points - scored <= N_SERIES * (context_points + 2), "a refresh rescored old points"
     assert det.scores.reused_points >= N_SERIES * (VIEW_POINTS - 1)
     # The same answer as a process that never saw the first view.
