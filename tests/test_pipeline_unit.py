@@ -29,7 +29,9 @@ VIEW_POINTS = 240
 
 @pytest.fixture(scope="module")
 def end_ms() -> int:
-    return (int(time.time() * 1000) // STEP_MS - 300) * STEP_MS
+    """The views ``view(end_ms, 0..9)`` end between hh:10 and hh:19 of one hour: one refit slot."""
+    hour_ms = 3600_000
+    return (int(time.time() * 1000) // hour_ms - 6) * hour_ms + 10 * STEP_MS + 200 * STEP_MS
 
 
 @pytest.fixture(scope="module")
