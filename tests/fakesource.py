@@ -47,8 +47,11 @@ class FakeSource:
         return out
 
 
-def synthetic_series(n: int, end_ms: int, days: float = 7.6, *, seed: int = 100, spike_every: int = 0) -> list[Series]:
-    """``n`` synthetic series at 60 s ending at ``end_ms`` (labels ``__name__=m, instance=host-NNN``)."""
+def synthetic_series(n: int, end_ms: int, days: float = 7.6, *, seed: int = 100, spike_every: int = 0,
+                     spike_ago_min: int = 60) -> list[Series]:
+    """``n`` synthetic series at 60 s ending at ``end_ms`` (labels ``__name__=m, instance=host-NNN``);
+    every ``spike_every``-th one has a spike of 30 spreads over 3 points ``spike_ago_min`` before the end,
+    far past any sensitivity's band (the generator's own spike is near the end, and borderline)."""
     shapes = ("cpu", "memory", "request_rate", "latency")
     points = int(days * 86400 / 60)
     start_ms = end_ms - (points - 1) * 60_000

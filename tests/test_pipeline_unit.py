@@ -36,7 +36,7 @@ def end_ms() -> int:
 
 @pytest.fixture(scope="module")
 def history(end_ms):
-    return synthetic_series(N_SERIES, end_ms, days=7.6, spike_every=3)
+    return synthetic_series(N_SERIES, end_ms, days=7.6, spike_every=3, spike_ago_min=300)
 
 
 def detection(history, fits: list[str] | None = None) -> tuple[Detection, FakeSource]:
