@@ -60,6 +60,10 @@ def synthetic_series(n: int, end_ms: int, days: float = 7.6, *, seed: int = 100,
         spiky = bool(spike_every) and i % spike_every == 0
         g = generate(shapes[i % 4], days=days, step_s=60, seed=seed + i, start_ms=start_ms,
                      kind="spike" if spiky else None, anomaly_after_fraction=0.97)
-        out.append(Series({"__name__": "m", "instance": f"host-{i:03d}"}, np.asarray(g.times_ms, np.int64),
-                          np.asarray(g.values, np.float64)))
+        values = np.asarray(g.values, np.float64).copy()
+        if spiky:
+            at = values.size - 1 - spike_ago_min
+            spread = float(np.nanstd(np.diff(values))) or 1.0
+            values[at:at + 3] += 30 * spread + 0.5 * abs(float(np.nanmedian(values)))
+        out.append(Series({"__name__": "m", "instance": f"host-{i:03d}"}, np.asarray(g.times_ms, np.int64), values))
     return out
