@@ -296,7 +296,8 @@ def test_one_request_with_many_targets_stays_within_one_deadline():
 def test_slots_leave_a_thread_for_probes():
     from vigil.http.admission import slot_counts
 
-    assert slot_counts(Settings()) == (4, 3)  # 8 threads: 4 score, 3 may wait, 1 always free
+    assert slot_counts(Settings()) == (4, 59)  # 64 threads: 4 score, 59 may wait, 1 always free
+    assert slot_counts(Settings().replace(server={"threads": 8})) == (4, 3)
     assert slot_counts(Settings().replace(server={"threads": 2})) == (1, 0)
 
 

@@ -100,9 +100,10 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: Port = 8080
     token: Secret | None = _f(None, "bearer token Grafana sends")
-    workers: AtLeastOne = 2
-    threads: AtLeastOne = _f(8, "threads per worker process: max_inflight of them score, some wait, one is always "
-                                "free for probes")
+    workers: AtLeastOne = _f(1, "gunicorn worker processes; one keeps one copy of the models and scores "
+                                "(docs/ARCHITECTURE.md)")
+    threads: AtLeastOne = _f(64, "threads per worker process: max_inflight of them score, the others wait, one is "
+                                 "always free for probes")
     request_timeout_s: Duration = _f(25.0, "answer within Grafana's 30 s proxy timeout", key="request_timeout")
     max_range_s: Duration = _f(31 * 86400.0, "longest range a query may view", key="max_range")
     max_series: AtLeastOne = _f(500, "most series one query may return")
@@ -111,7 +112,7 @@ class ServerSettings(_Section):
     max_targets: AtLeastOne = _f(26, "most queries (targets) one panel request may carry")
     max_query_chars: AtLeastOne = _f(8192, "longest query expression, label value or string field")
     max_inflight: AtLeastOne | None = _f(None, "scoring requests one worker process runs at once (default "
-                                               "threads / 2); up to threads - max_inflight - 1 more wait "
+                                               "4, at most threads / 2); up to threads - max_inflight - 1 more wait "
                                                "(queue_wait), so a thread is always free for /healthz and /readyz; "
                                                "the rest get 429 at once")
     queue_wait_s: Duration = _f(5.0, "longest wait for a scoring slot (taken from the deadline)", key="queue_wait")

@@ -13,13 +13,14 @@ the group's score); its annotations and episodes are the groups', and its Infini
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable
 
 import numpy as np
 
 from typing import TYPE_CHECKING
 
-from .pipeline import DetectionResult, ScoredSeries
+from .scored import DetectionResult, ScoredSeries
 from .series import series_key
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ def json_values(values: np.ndarray) -> list[Any]:
     return out
 
 
-def _field(name: str, s: ScoredSeries, values: list[Any], config: dict[str, Any]) -> dict[str, Any]:
+def _values(values: np.ndarray, arrays: bool) -> Any:
+    """A field's values: a JSON list, or (``arrays``, for an encoder that writes numpy arrays and
+    NaN as null, ``vigil.http.encoding``) the contiguous float64 array itself."""
+    return np.ascontiguousarray(values, dtype=np.float64) if arrays else json_values(values)
+
+
+def _field(name: str, s: ScoredSeries, values: Any, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "type": "number",
@@ -64,23 +71,25 @@ def _field(name: str, s: ScoredSeries, values: list[Any], config: dict[str, Any]
     }
 
 
-def _frame(s: ScoredSeries, ref_id: str, fields: set[str]) -> dict[str, Any]:
+def _frame(s: ScoredSeries, ref_id: str, fields: set[str], arrays: bool = False) -> dict[str, Any]:
     unit = {"unit": s.unit} if s.unit else {}
-    out: list[dict[str, Any]] = [{"name": "time", "type": "time", "values": s.times_ms.tolist(), "config": {}}]
+    times: Any = np.ascontiguousarray(s.times_ms, dtype=np.int64) if arrays else s.times_ms.tolist()
+    out: list[dict[str, Any]] = [{"name": "time", "type": "time", "values": times, "config": {}}]
+    vals = functools.partial(_values, arrays=arrays)
     if "value" in fields:
-        out.append(_field("value", s, json_values(s.values), {**unit, "custom": {"lineWidth": 2}}))
+        out.append(_field("value", s, vals(s.values), {**unit, "custom": {"lineWidth": 2}}))
     if "yhat" in fields:
-        out.append(_field("yhat", s, json_values(s.scores.yhat),
+        out.append(_field("yhat", s, vals(s.scores.yhat),
                           {**unit, "custom": {"lineStyle": {"fill": "dash", "dash": [6, 4]}, "lineWidth": 1}}))
     if "band" in fields:
         band = {"lineWidth": 0, "fillOpacity": 0, "hideFrom": {"legend": True, "tooltip": False, "viz": False}}
-        out.append(_field("yhat_lower", s, json_values(s.scores.yhat_lower),
+        out.append(_field("yhat_lower", s, vals(s.scores.yhat_lower),
                           {**unit, "color": {"mode": "fixed", "fixedColor": "#8AB8FF"}, "custom": band}))
-        out.append(_field("yhat_upper", s, json_values(s.scores.yhat_upper),
+        out.append(_field("yhat_upper", s, vals(s.scores.yhat_upper),
                           {**unit, "color": {"mode": "fixed", "fixedColor": "#8AB8FF"},
                            "custom": {**band, "fillOpacity": 20, "fillBelowTo": f"{s.name} expected low"}}))
     if "anomaly_score" in fields:
-        out.append(_field("anomaly_score", s, json_values(s.scores.anomaly_score), {
+        out.append(_field("anomaly_score", s, vals(s.scores.anomaly_score), {
             "min": 0,
             "decimals": 2,
             "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None},
@@ -88,10 +97,11 @@ def _frame(s: ScoredSeries, ref_id: str, fields: set[str]) -> dict[str, Any]:
             "custom": {"thresholdsStyle": {"mode": "line+area"}},
         }))
     if "is_anomaly" in fields:
-        out.append(_field("is_anomaly", s, s.is_anomaly.astype(int).tolist(), {"min": 0, "max": 1}))
+        flags = s.is_anomaly.astype(np.int64)
+        out.append(_field("is_anomaly", s, flags if arrays else flags.tolist(), {"min": 0, "max": 1}))
     if "anomalies" in fields:
         points = np.where(s.is_anomaly.astype(bool), s.values, np.nan)
-        out.append(_field("anomaly", s, json_values(points), {
+        out.append(_field("anomaly", s, vals(points), {
             **unit, "color": {"mode": "fixed", "fixedColor": "red"},
             "custom": {"drawStyle": "points", "pointSize": 9, "showPoints": "always", "lineWidth": 0},
         }))
@@ -120,19 +130,21 @@ def _contributions_frame(g: "ScoredGroup", ref_id: str) -> dict[str, Any]:
                                 "episodes": len(g.episodes), "members": list(g.member_names)}}}
 
 
-def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = FIELDS) -> list[dict[str, Any]]:
-    """One DataFrame per series (and per group, its contributions); notices ride on the first frame."""
+def to_dataframes(result: DetectionResult, ref_id: str, fields: Iterable[str] = FIELDS, *,
+                  arrays: bool = False) -> list[dict[str, Any]]:
+    """One DataFrame per series (and per group, its contributions); notices ride on the first frame.
+    ``arrays``: values as numpy arrays, for ``vigil.http.encoding`` (else JSON lists)."""
     wanted = set(fields)
     frames: list[dict[str, Any]]
     if result.groups:
         frames = []
         for g in result.groups:
             if wanted - {"contributions"}:  # a panel of contributions only has no member frames
-                frames.extend(_frame(s, ref_id, wanted) for s in g.members)
+                frames.extend(_frame(s, ref_id, wanted, arrays) for s in g.members)
             if "contributions" in wanted:
                 frames.append(_contributions_frame(g, ref_id))
     else:
-        frames = [_frame(s, ref_id, wanted) for s in result.series]
+        frames = [_frame(s, ref_id, wanted, arrays) for s in result.series]
     if result.notices:
         notices = [{"severity": "warning", "text": text} for text in result.notices]
         if frames:

@@ -31,7 +31,9 @@ from .detectors import Scores
 from .episodes import Episode
 from .errors import BadRequest
 from .multivariate import GroupDetector, group_episodes
-from .pipeline import DetectionResult, FetchedView, ScoredSeries, exclude_windows
+from .model_store import ModelKey
+from .query import FetchedView
+from .scored import DetectionResult, ScoredSeries, exclude_windows
 from .series import Series, series_key, series_name
 
 if TYPE_CHECKING:
@@ -161,12 +163,12 @@ def _group_models(detection: "Detection", fetched: FetchedView,
     # (a group's verdict may therefore change with the view's start: documented).
     plan = detection.training_plan(fetched, before_view=True)
     # The legend names the members in reasons, and the score's meaning depends on the scoring step.
-    common = ("group", fetched.source, fetched.expr, query.group_by, fetched.legend, query.sensitivity,
+    params = ("group", fetched.source, fetched.expr, query.group_by, fetched.legend, query.sensitivity,
               query.train_window_s, plan.train_step_s, fetched.step_s, query.exclude)
     found: dict[str, GroupDetector] = {}
     missing: dict[str, list[Series]] = {}
     for key, members in groups.items():
-        model = detection.cache.get((*common, _cache_key(key, members), plan.slot))
+        model = detection.models.get(ModelKey(params, _cache_key(key, members), plan.slot))
         if model is None:
             missing[key] = members
         else:
@@ -180,17 +182,22 @@ def _group_models(detection: "Detection", fetched: FetchedView,
         past = [history.get(k) for k in keys]
         if any(p is None or np.isfinite(p.values).sum() < min_points for p in past):
             continue
-        t0 = _clock.monotonic()
-        times, values = _align(past, query.exclude)  # type: ignore[arg-type]
         latest = [recent.get(k) for k in keys]
-        recent_pair = _align(latest, query.exclude) if all(r is not None for r in latest) else None  # type: ignore[arg-type]
         names = member_names([m.labels for m in members], query.group_by, fetched.legend)
-        model = GroupDetector(sensitivity=query.sensitivity, step_s=fetched.step_s).fit(times, values, names,
-                                                                                         recent=recent_pair)
-        detection.store_model(common, _cache_key(key, members), plan.slot, model)
-        if detection.on_fit is not None:
-            detection.on_fit(GROUP_MODEL, _clock.monotonic() - t0)
-        found[key] = model
+
+        def fit(past: list = past, latest: list = latest, names: list[str] = names) -> GroupDetector:
+            t0 = _clock.monotonic()
+            times, values = _align(past, query.exclude)
+            recent_pair = _align(latest, query.exclude) if all(r is not None for r in latest) else None
+            model = GroupDetector(sensitivity=query.sensitivity, step_s=fetched.step_s).fit(times, values, names,
+                                                                                             recent=recent_pair)
+            if detection.on_fit is not None:
+                detection.on_fit(GROUP_MODEL, _clock.monotonic() - t0)
+            return model
+
+        model = detection.models.fit_once(ModelKey(params, _cache_key(key, members), plan.slot), fit)
+        if model is not None:
+            found[key] = model
     return found
 
 

@@ -3,11 +3,17 @@
 Used by the HTTP service for every panel and by the worker for every job run. It never imports
 Flask and never writes to Grafana or Alertmanager. A query's models are trained on the
 ``train_window`` before the start of the refit slot the query *ends* in (so every view of the same
-moment uses the same model), and every point is scored at ``detection.score_step`` from the
-detector's fixed context before it (so a point's verdict does not depend on the view). Training
-history is fetched once per query at a bounded resolution, and models are cached per series so
-that a dashboard refresh does not retrain. A query with ``group_by`` is scored per group of series by one
-multivariate model instead (``vigil.grouping``), on the same fetched view and training plan.
+moment uses the same model; ``vigil.model_store`` owns the plan, the keys and reuse), and every
+point is scored at ``detection.score_step`` from the detector's fixed context before it (so a
+point's verdict does not depend on the view). Points already scored by the same model are taken
+from the score store (``vigil.score_store``): a refresh scores only the points that are new, and
+fetches only them (``vigil.view_cache``).
+Identical fetches and fits asked for at once by several threads run once (single-flight).
+A query with ``group_by`` is scored per group of series by one multivariate model instead
+(``vigil.grouping``), on the same fetched view and training plan.
+
+Series are fetched through a :class:`Source` (``query_range``): a Prometheus or Loki client in
+production, anything with that method in unit tests.
 """
 
 from __future__ import annotations
@@ -18,119 +24,43 @@ import re
 import threading
 import time as _clock
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
+from typing import Callable
 
 import numpy as np
 
-from .config import LABEL_NAME, MODELS, SENSITIVITIES, ExcludeWindow, Settings
+from .config import ExcludeWindow, Settings
 from .detectors import CONTEXT_S, Detector, Scores, fit_detector, is_learned
 from .emptiness import why_empty
-from .episodes import Episode, find_episodes, quiet_points_for
+from .episodes import find_episodes, quiet_points_for
 from .errors import BadRequest, VigilError
 from .explain import explain
+from .grouping import score_groups
 from .model_cache import ModelCache
+from .model_store import FitState, FittedModel, ModelKey, ModelStore, TrainingPlan
 from .presets import resolve
-from .prometheus import LokiClient, PrometheusClient
-from .promql import Matcher, inject_matchers
+from .promql import inject_matchers
+from .query import FetchedView, Query, Source, build_query, query_where, validate_query
+from .score_store import ScoreStore
+from .scored import DetectionResult, ScoredSeries, downsample, exclude_windows
 from .series import Series, series_key, series_name
+from .singleflight import SingleFlight
 from .units import MinDeviation, format_duration, ms_to_s, parse_min_deviation
+from .view_cache import ViewCache
 
-if TYPE_CHECKING:
-    from .grouping import ScoredGroup
-
-__all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "exclude_windows", "downsample"]
+__all__ = ["Query", "ScoredSeries", "DetectionResult", "FetchedView", "Detection", "Source", "build_query",
+           "exclude_windows", "downsample"]
 
 log = logging.getLogger("vigil.pipeline")
 
 _COUNTER_SELECTOR = re.compile(r"^\s*[a-zA-Z_:][a-zA-Z0-9_:]*_(total|count|sum|bucket)\s*(\{[^}]*\})?\s*$")
 
 
-@dataclass(frozen=True)
-class Query:
-    """What to score: an expression (or preset name) over ``[start_ms, end_ms]`` at ``step_s``."""
-
-    expr: str
-    start_ms: int
-    end_ms: int
-    step_s: float
-    model: str = "auto"
-    train_window_s: float = 7 * 86400.0
-    sensitivity: str = "medium"
-    source: str = "prometheus"
-    exclude: tuple[ExcludeWindow, ...] = ()
-    filters: tuple[Matcher, ...] = ()
-    ref_id: str = "A"
-    legend: str | None = None
-    #: keep only the series this returns true for, before any model is fitted (worker shards)
-    series_filter: Callable[[Mapping[str, str]], bool] | None = field(default=None, compare=False)
-    #: most series to score; defaults to ``server.max_series``
-    max_series: int | None = None
-    #: seconds of learned-model fitting one call may spend; past it, series are scored by the
-    #: baseline and their models finish in the background (panels). None: no limit (the worker).
-    fit_budget_s: float | None = None
-    #: label names whose values group the series; each group is scored by one multivariate
-    #: model (``vigil.grouping``). Empty: every series on its own.
-    group_by: tuple[str, ...] = ()
-    #: the smallest deviation that may alarm; None: ``detection.min_deviation``
-    min_deviation: MinDeviation | None = None
-
-
-@dataclass
-class ScoredSeries:
-    labels: dict[str, str]
-    times_ms: np.ndarray
-    values: np.ndarray
-    scores: Scores
-    is_anomaly: np.ndarray
-    episodes: list[Episode]
-    model: str
-    unit: str | None = None
-    name: str = ""
-    #: the key of the group this series was scored in (``group_by`` queries), else ""
-    group: str = ""
-
-    @property
-    def key(self) -> str:
-        return series_key(self.labels)
-
-
-@dataclass
-class DetectionResult:
-    #: every series; in a ``group_by`` query, the members of ``groups`` (scored by their group)
-    series: list[ScoredSeries]
-    notices: list[str] = field(default_factory=list)
-    expr: str = ""
-    step_s: float = 0.0
-    #: ``group_by`` queries only: the groups, which own the episodes
-    groups: list["ScoredGroup"] = field(default_factory=list)
-
-
-@dataclass
-class FetchedView:
-    """What one query fetched and how: shared by the per-series and the per-group scoring."""
-
-    query: Query
-    expr: str
-    source: str
-    unit: str | None
-    legend: str | None
-    where: str
-    client: PrometheusClient
-    step_s: float
-    view_start_ms: int
-    series: list[Series]
-    notices: list[str]
-    remaining_s: Callable[[], float]
-    #: the step the answer is returned at: the scoring step, or the coarser one the query asked for
-    view_step_s: float = 0.0
-
-
 class Detection:
-    """Scores queries. One per process; thread-safe (the cache locks, the rest is per call)."""
+    """Scores queries. One per process; thread-safe (the stores lock, the rest is per call)."""
 
-    def __init__(self, settings: Settings, prometheus: PrometheusClient, loki: LokiClient | None = None,
-                 cache: ModelCache | None = None, on_fit: Callable[[str, float], None] | None = None):
+    def __init__(self, settings: Settings, prometheus: Source, loki: Source | None = None,
+                 cache: ModelCache | None = None, on_fit: Callable[[str, float], None] | None = None,
+                 scores: ScoreStore | None = None):
         self.settings = settings
         self.prometheus = prometheus
         self.loki = loki
@@ -138,11 +68,20 @@ class Detection:
         # own, larger cache was silently replaced by the service default.
         self.cache = cache if cache is not None else ModelCache(settings.detection.cache_size,
                                          max_bytes=settings.detection.cache_max_mb * 2**20)
+        self.models = ModelStore(self.cache)
+        # The scores and the fetched views get a quarter and an eighth of the models' memory
+        # again (the worker's larger model cache gives them more too).
+        self.scores = scores if scores is not None else ScoreStore(
+            max_bytes=self.cache.max_bytes // 4,
+            max_points=settings.prometheus.max_points_per_series + int(CONTEXT_S // max(settings.detection.score_step_s, 1)))
+        self.views = ViewCache(max_bytes=self.cache.max_bytes // 8)
         #: called as ``on_fit(model_name, duration_s)`` after every fit (metrics hook)
         self.on_fit = on_fit
+        # Identical Prometheus fetches asked for at once (eight viewers of one dashboard) run once.
+        self._fetches = SingleFlight()
         # Learned models that did not fit within a panel's budget finish here, one at a time.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-fit")
-        self._pending: set[tuple] = set()
+        self._pending: set[ModelKey] = set()
         self._pending_lock = threading.Lock()
 
     def run(self, query: Query, *, deadline_s: float | None = None) -> DetectionResult:
@@ -153,16 +92,14 @@ class Detection:
             if query.series_filter is None:
                 fetched.notices.append(why_empty(
                     fetched.expr, query.start_ms, query.end_ms, shown_as=query.expr.strip(),
-                    client=fetched.client if fetched.source == "prometheus" else None))
+                    client=fetched.client if fetched.source == "prometheus" else None))  # type: ignore[arg-type]
             return DetectionResult([], fetched.notices, fetched.expr, fetched.step_s)
         if query.group_by:
-            from .grouping import score_groups  # grouping builds on this module
-
             return score_groups(self, fetched)
-        detectors = self.detectors(fetched, fetched.series)
+        models = self.detectors(fetched, fetched.series)
         out = []
         for s in fetched.series:
-            scored = self.score_series(fetched, s, detectors.get(series_key(s.labels)))
+            scored = self.score_series(fetched, s, models.get(series_key(s.labels)))
             if scored is not None:
                 out.append(scored)
         return DetectionResult(out, fetched.notices, fetched.expr, fetched.step_s)
@@ -176,11 +113,11 @@ class Detection:
             return max(1.0, budget_s - (_clock.monotonic() - started))
 
         expr, preset = resolve(query.expr)
-        where = f"refId {query.ref_id} (query {query.expr!r})" if query.ref_id else f"query {query.expr!r}"
+        where = query_where(query)
         source = preset.source if preset else query.source
         unit = preset.unit if preset else None
         legend = query.legend or (preset.legend if preset else None)
-        self._validate(query, where)
+        validate_query(query, self.settings, where)
         notices: list[str] = []
         if query.filters:
             if source == "prometheus":
@@ -200,19 +137,26 @@ class Detection:
         # detector's trailing level and shift windows): the same score and decision for a
         # timestamp whether a panel shows 30 minutes or 7 days, and in the worker. Panels that
         # asked for a coarser step get the scores downsampled to it (score_series).
+        # Two contexts are fetched before the view: the first gives the points of the second
+        # their whole context, and the second is the episodes' warm-up (hysteresis is causal).
+        # So every point the answer depends on is scored from its whole context, and is kept in
+        # the score store for the next refresh, whose warm-up is then already scored.
         context_ms = int(CONTEXT_S * 1000)
-        step_s = self._step_s(query.end_ms - query.start_ms + context_ms,
+        step_s = self._step_s(query.end_ms - query.start_ms + 2 * context_ms,
                               max(self.settings.detection.score_step_s, 1.0))
         if step_s > self.settings.detection.score_step_s:
             notices.append(f"scored at a {format_duration(step_s)} step to stay within "
                            f"{self.settings.prometheus.max_points_per_series} points per series")
         step_ms = int(step_s * 1000)
         view_start_ms = -(-query.start_ms // step_ms) * step_ms  # on the step grid, like Grafana
-        fetch_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
+        warmup_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
+        fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
         try:
-            view = client.query_range(expr, ms_to_s(fetch_start_ms), ms_to_s(query.end_ms), step_s,
-                                      deadline_s=remaining_s())
+            # A refresh asks Prometheus only for what is new since the last fetch of this view.
+            view = self.views.fetch((source, expr, step_s), fetch_start_ms, query.end_ms, step_ms,
+                                    lambda a_ms, b_ms: self.fetch(client, source, expr, a_ms, b_ms, step_s,
+                                                                  remaining_s()))
         except VigilError as exc:
             raise type(exc)(f"{where}: {exc.message}", code=exc.code) from None
         view = [s for s in view if s.times_ms.size and (query.series_filter is None or query.series_filter(s.labels))]
@@ -221,63 +165,237 @@ class Detection:
             raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")
         return FetchedView(query, expr, source, unit, legend, where, client, step_s, view_start_ms, view, notices,
-                           remaining_s, max(step_s, float(query.step_s)))
+                           remaining_s, max(step_s, float(query.step_s)), warmup_start_ms)
 
-    def score_series(self, fetched: FetchedView, s: Series, detector: Detector | None) -> ScoredSeries | None:
-        """One series scored by its detector (None: too little history), cut to the viewed range."""
+    def fetch(self, client: Source, source: str, expr: str, start_ms: int, end_ms: int, step_s: float,
+              deadline_s: float | None) -> list[Series]:
+        """``client.query_range``, once for all the threads that ask for the same at the same time."""
+        return self._fetches.do((source, expr, start_ms, end_ms, step_s), lambda: client.query_range(
+            expr, ms_to_s(start_ms), ms_to_s(end_ms), step_s, deadline_s=deadline_s))
+
+    def score_series(self, fetched: FetchedView, s: Series, fitted: FittedModel | None) -> ScoredSeries | None:
+        """One series scored by its model (None: too little history), cut to the viewed range."""
         name = series_name(s.labels, fetched.legend)
         keep = s.times_ms >= fetched.view_start_ms
-        if detector is None:
+        if fitted is None:
             nan = np.full(int(keep.sum()), np.nan)
             return ScoredSeries(s.labels, s.times_ms[keep], s.values[keep], Scores(nan, nan, nan, nan),
                                 np.zeros(nan.size, np.int8), [], "none (too little history)", fetched.unit, name)
-        scores = detector.score(s.times_ms, s.values)
-        is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet_points_for(fetched.step_s))
-        # Only what was asked for is returned; an episode that began in the context keeps its start.
         if not keep.any():
             return None
+        detector = fitted.detector
+        if fitted.key is None:  # scored from the view itself (cold start): nothing to keep
+            scores = detector.score(s.times_ms, s.values)
+        else:
+            scores = self.scores.score((fitted.key, series_key(s.labels), fetched.step_s), detector.score,
+                                       s.times_ms, s.values, context_ms=int(CONTEXT_S * 1000),
+                                       from_ms=fetched.warmup_start_ms)
+        # Episodes are decided from the warm-up on: the points before it are context only.
+        warm = s.times_ms >= fetched.warmup_start_ms
+        s, scores, keep = Series(s.labels, s.times_ms[warm], s.values[warm]), Scores(*(a[warm] for a in scores)), keep[warm]
+        is_anomaly, episodes = find_episodes(s.times_ms, s.values, scores, quiet_points=quiet_points_for(fetched.step_s))
+        # Only what was asked for is returned; an episode that began in the context keeps its start.
         episodes = [e._replace(reason=explain(e, detector, unit=fetched.unit, series=name)) for e in episodes
                     if e.end_ms is None or e.end_ms >= fetched.view_start_ms]
         times, values, cut, flags = s.times_ms[keep], s.values[keep], Scores(*(a[keep] for a in scores)), is_anomaly[keep]
         if fetched.view_step_s > fetched.step_s:
             times, values, cut, flags = downsample(times, values, cut, flags, int(fetched.view_step_s * 1000))
-        return ScoredSeries(s.labels, times, values, cut, flags, episodes, detector.name, fetched.unit, name)
+        return ScoredSeries(s.labels, times, values, cut, flags, episodes, fitted.label, fetched.unit, name)
 
-    def detectors(self, fetched: FetchedView, series: list[Series]) -> dict[str, Detector]:
-        """Fitted (or cached) per-series detectors for ``series`` of ``fetched``, keyed by series key."""
-        return self._detectors(fetched.query, fetched.source, fetched.expr, fetched.client, series, fetched.step_s,
-                               fetched.where, fetched.remaining_s, fetched.notices)
+    # -- models ------------------------------------------------------------------------------
 
-    # -- steps -------------------------------------------------------------------------------
+    def training_plan(self, fetched: FetchedView, *, before_view: bool = False) -> TrainingPlan:
+        """Where the models of ``fetched`` train: ``train_window`` before the start of the refit
+        slot the query ends in, or (``before_view``) the one it starts in (group models)."""
+        det = self.settings.detection
+        query = fetched.query
+        return TrainingPlan.at(query.start_ms if before_view else query.end_ms, train_window_s=query.train_window_s,
+                               step_s=fetched.step_s, refit_every_s=det.refit_every_s,
+                               max_train_points=det.max_train_points)
 
-    def _validate(self, query: Query, where: str) -> None:
-        if query.model not in MODELS:
-            raise BadRequest(f"{where}: model must be one of {', '.join(MODELS)}; got {query.model!r}",
-                             code="unknown_model")
-        if query.sensitivity not in SENSITIVITIES:
-            raise BadRequest(f"{where}: sensitivity must be one of {', '.join(SENSITIVITIES)}; "
-                             f"got {query.sensitivity!r}", code="bad_sensitivity")
-        if not query.expr.strip():
-            raise BadRequest(f"refId {query.ref_id}: the query is empty: name a preset or write PromQL",
-                             code="empty_query")
-        if query.end_ms <= query.start_ms:
-            raise BadRequest(f"{where}: the time range ends before it starts", code="bad_range")
-        range_s = ms_to_s(query.end_ms - query.start_ms)
-        if range_s > self.settings.server.max_range_s:
-            raise BadRequest(f"{where}: the time range {format_duration(range_s)} is longer than the "
-                             f"{format_duration(self.settings.server.max_range_s)} allowed (server.max_range)",
-                             code="range_too_long")
-        if not (query.step_s > 0 and math.isfinite(query.step_s)):
-            raise BadRequest(f"{where}: step must be a positive duration; got {query.step_s!r}", code="bad_step")
-        if isinstance(query.group_by, str) or not all(isinstance(n, str) and LABEL_NAME.match(n)
-                                                      for n in query.group_by):
-            raise BadRequest(f"{where}: group_by must be a list of label names such as ['instance']; "
-                             f"got {query.group_by!r}", code="bad_group_by")
-        if not 3600 <= query.train_window_s <= 90 * 86400:
-            raise BadRequest(f"{where}: train_window must be between 1h and 90d; got "
-                             f"{format_duration(query.train_window_s)}", code="bad_train_window")
+    def model_params(self, fetched: FetchedView, plan: TrainingPlan, *, model: str | None = None) -> tuple:
+        """What a per-series model (the query's, or ``model``) depends on besides its series and
+        slot (the score's meaning depends on the scoring step: false alarms per week, so it is in)."""
+        query = fetched.query
+        return (fetched.source, fetched.expr, model or query.model, query.sensitivity, query.train_window_s,
+                plan.train_step_s, fetched.step_s, query.exclude, self.min_deviation(query))
 
-    def _client(self, source: str, where: str) -> PrometheusClient:
+    def detectors(self, fetched: FetchedView, series: list[Series]) -> dict[str, FittedModel]:
+        """Fitted (or stored) per-series models for ``series`` of ``fetched``, keyed by series key."""
+        query = fetched.query
+        plan = self.training_plan(fetched)
+        params = self.model_params(fetched, plan)
+        panel = query.fit_budget_s is not None
+        found: dict[str, FittedModel] = {}
+        missing: list[Series] = []
+        stale: list[str] = []
+        for s in series:
+            name = series_key(s.labels)
+            key = ModelKey(params, name, plan.slot)
+            model = self.models.get(key)
+            if model is not None:
+                found[name] = FittedModel(model, FitState.FITTED, query.model, key)
+                continue
+            old = self.models.stale(key) if panel else None
+            if old is not None:
+                # A panel may use the model of an earlier refit slot (never a later one: that would
+                # have been trained on what is being viewed) while the new one trains.
+                found[name] = FittedModel(old[0], FitState.PREVIOUS_SLOT, query.model, old[1])
+                stale.append(name)
+            else:
+                missing.append(s)
+        if stale:
+            self._refit_later(fetched, plan, params, stale)
+        if not missing:
+            return found
+        with self.models.training(params, plan.slot):
+            self._fit_missing(fetched, plan, params, series, missing, found)
+        return found
+
+    def _fit_missing(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, series: list[Series],
+                     missing: list[Series], found: dict[str, FittedModel]) -> None:
+        query = fetched.query
+        # The baseline that answers for a learned model while it trains is the seasonal model of
+        # the same series and parameters (what a ``seasonal`` panel uses): stored, so refreshes
+        # during the training neither refit nor rescore it.
+        interim = self.model_params(fetched, plan, model="seasonal")
+        learned_panel = query.fit_budget_s is not None and is_learned(query.model)
+        # An identical query may have fitted them while this one waited for the training lock;
+        # a model training in the background answers by its stored baseline meanwhile.
+        still = []
+        deferred: list[str] = []
+        for s in missing:
+            name = series_key(s.labels)
+            key = ModelKey(params, name, plan.slot)
+            model = self.models.get(key, count=False)
+            baseline = (self.models.get(ModelKey(interim, name, plan.slot), count=False)
+                        if learned_panel and key in self._pending else None)
+            if model is not None:
+                found[name] = FittedModel(model, FitState.FITTED, query.model, key)
+            elif baseline is not None:
+                found[name] = FittedModel(baseline, FitState.BASELINE_WHILE_TRAINING, query.model,
+                                          ModelKey(interim, name, plan.slot))
+                deferred.append(name)
+            else:
+                still.append(s)
+        missing = still
+        if not missing:
+            self._deferred_notice(fetched, deferred)
+            return
+        history, recent = self.fetch_training(fetched, plan, recent=is_learned(query.model))
+        floor = self.min_deviation(query)
+        min_points = self.settings.detection.min_train_points
+        cold = 0
+        fit_started = _clock.monotonic()
+        for s in missing:
+            name = series_key(s.labels)
+            key = ModelKey(params, name, plan.slot)
+            times, values, recent_pair = _training_arrays(history.get(name), recent.get(name), query.exclude)
+            if np.isfinite(values).sum() >= min_points:
+                if learned_panel and _clock.monotonic() - fit_started > query.fit_budget_s:  # type: ignore[operator]
+                    # Answer now with the baseline; the learned model trains in the background.
+                    interim_key = ModelKey(interim, name, plan.slot)
+                    baseline = self.models.fit_once(interim_key, lambda: self._timed_fit(
+                        "seasonal", times, values, query, fetched.step_s, floor))
+                    if baseline is not None:
+                        found[name] = FittedModel(baseline, FitState.BASELINE_WHILE_TRAINING, query.model, interim_key)
+                        deferred.append(name)
+                    continue
+                fitted = self.models.fit_once(key, lambda: self._timed_fit(
+                    query.model, times, values, query, fetched.step_s, floor, recent=recent_pair,
+                    previous=self.models.previous(key)))
+                if fitted is not None:
+                    found[name] = FittedModel(fitted, FitState.FITTED, query.model, key)
+                continue
+            # Cold start: a series with little history is scored by the baseline fitted on
+            # the first part of what is viewed (not stored: it depends on the view).
+            head = max(min_points, s.values.size // 4)
+            if np.isfinite(s.values[:head]).sum() < min(min_points, 8):
+                continue
+            baseline = self._timed_fit("seasonal", s.times_ms[:head], s.values[:head], query, fetched.step_s, floor)
+            found[name] = FittedModel(baseline, FitState.COLD_START, query.model)
+            cold += 1
+        if deferred:
+            # One background job for all of them, handed the history already fetched.
+            self._refit_later(fetched, plan, params, deferred, history=(history, recent))
+        self._deferred_notice(fetched, deferred)
+        if cold:
+            fetched.notices.append(f"{cold} series had less than {min_points} points of history before the range and "
+                                   "are scored by the seasonal baseline fitted on the start of the range")
+        if len(found) < len(series):
+            fetched.notices.append(f"{len(series) - len(found)} series have too little data to score")
+
+    @staticmethod
+    def _deferred_notice(fetched: FetchedView, deferred: list[str]) -> None:
+        if deferred:
+            fetched.notices.append(f"{len(deferred)} series are scored by the seasonal baseline while their "
+                                   f"{fetched.query.model} models train in the background: refresh in a few seconds")
+
+    def _timed_fit(self, model: str, times: np.ndarray, values: np.ndarray, query: Query, step_s: float,
+                   floor: MinDeviation, **kw) -> Detector:
+        t0 = _clock.monotonic()
+        detector = fit_detector(model, times, values, sensitivity=query.sensitivity, step_s=step_s,
+                                min_deviation=floor, **kw)
+        if self.on_fit is not None:
+            self.on_fit(type(detector).name, _clock.monotonic() - t0)
+        return detector
+
+    def min_deviation(self, query: Query) -> MinDeviation:
+        """The query's own smallest alarming deviation, else the configured default."""
+        if query.min_deviation is not None:
+            return query.min_deviation
+        return parse_min_deviation(self.settings.detection.min_deviation)
+
+    def fetch_training(self, fetched: FetchedView, plan: TrainingPlan, *, recent: bool
+                       ) -> tuple[dict[str, Series], dict[str, Series]]:
+        """History before the range at the coarse step by series key, and (``recent``: learned
+        models, whose patterns are step-dependent) its latest part at the scoring step."""
+        try:
+            history = self.fetch(fetched.client, fetched.source, fetched.expr, plan.start_ms, plan.end_ms,
+                                 plan.train_step_s, fetched.remaining_s())
+            latest: list[Series] = []
+            if recent and plan.train_step_s > fetched.step_s:
+                latest = self.fetch(fetched.client, fetched.source, fetched.expr, plan.recent_start_ms(fetched.step_s),
+                                    plan.end_ms, fetched.step_s, fetched.remaining_s())
+        except VigilError as exc:
+            raise type(exc)(f"{fetched.where}: fetching training history: {exc.message}", code=exc.code) from None
+        return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
+
+    def _refit_later(self, fetched: FetchedView, plan: TrainingPlan, params: tuple, names: list[str], *,
+                     history: tuple[dict[str, Series], dict[str, Series]] | None = None) -> None:
+        """Fit ``keys`` for the current slot in the background (one thread per process; a key
+        already being fitted, there or by a request, is fitted once)."""
+        query = fetched.query
+        background = FetchedView(**{**fetched.__dict__, "remaining_s": lambda: self.settings.server.request_timeout_s,
+                                    "where": f"background fit of {fetched.expr!r}", "notices": []})
+
+        with self._pending_lock:
+            todo = [k for k in (ModelKey(params, n, plan.slot) for n in names) if k not in self._pending]
+            self._pending.update(todo)
+        if not todo:
+            return
+
+        def work() -> None:
+            try:
+                past, recent = history or self.fetch_training(background, plan, recent=is_learned(query.model))
+                floor = self.min_deviation(query)
+                for key in todo:
+                    name = str(key.series)
+                    times, values, recent_pair = _training_arrays(past.get(name), recent.get(name), query.exclude)
+                    if np.isfinite(values).sum() < self.settings.detection.min_train_points:
+                        continue
+                    self.models.fit_once(key, lambda: self._timed_fit(
+                        query.model, times, values, query, fetched.step_s, floor, recent=recent_pair,
+                        previous=self.models.previous(key)))
+            except Exception:  # noqa: BLE001 - the next request retries
+                log.exception("background fit failed", extra={"query": query.expr})
+            finally:
+                with self._pending_lock:
+                    self._pending.difference_update(todo)
+
+        self._background.submit(work)
+
+    def _client(self, source: str, where: str) -> Source:
         if source == "loki":
             if self.loki is None:
                 raise BadRequest(f"{where}: Loki is not configured (loki.url)", code="loki_not_configured")
@@ -290,214 +408,6 @@ class Detection:
         floor_s = ms_to_s(range_ms) / max(self.settings.prometheus.max_points_per_series - 1, 1)
         return float(max(1, math.ceil(max(wanted_step_s, floor_s))))
 
-    def _detectors(self, query: Query, source: str, expr: str, client: PrometheusClient, view: list[Series],
-                   step_s: float, where: str, remaining_s: Callable[[], float],
-                   notices: list[str]) -> dict[str, Detector]:
-        plan = _TrainingPlan.for_query(query, self.settings, step_s)
-        floor = self.min_deviation(query)
-        # The score's meaning depends on the scoring step (false alarms per week), so it is keyed.
-        common = (source, expr, query.model, query.sensitivity, query.train_window_s, plan.train_step_s, step_s,
-                  query.exclude, floor)
-        panel = query.fit_budget_s is not None
-        found: dict[str, Detector] = {}
-        missing: list[Series] = []
-        stale: list[str] = []
-        for s in view:
-            key = series_key(s.labels)
-            model = self.cache.get((*common, key, plan.slot))
-            if model is None and panel:
-                # A panel may use the model of an earlier refit slot (never a later one: that would
-                # have been trained on what is being viewed) while the new one trains.
-                latest = self.cache.get((*common, key, "latest"), count=False)
-                if latest is not None and plan.slot - self._max_stale_slots <= latest < plan.slot:
-                    model = self.cache.get((*common, key, latest), count=False)
-                    if model is not None:
-                        stale.append(key)
-            if model is None:
-                missing.append(s)
-            else:
-                found[key] = model
-        if stale:
-            self._refit_later(query, client, expr, common, plan, step_s, stale)
-        if not missing:
-            return found
-        history, recent = self._fetch_training(query, client, expr, plan, step_s, where, remaining_s)
-        cold = deferred = 0
-        fit_started = _clock.monotonic()
-        for s in missing:
-            key = series_key(s.labels)
-            times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
-            t0 = _clock.monotonic()
-            if np.isfinite(values).sum() >= self.settings.detection.min_train_points:
-                over_budget = (query.fit_budget_s is not None and is_learned(query.model)
-                               and _clock.monotonic() - fit_started > query.fit_budget_s)
-                if over_budget:
-                    # Answer now with the baseline; the learned model is cached for the next refresh.
-                    model = fit_detector("seasonal", times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         min_deviation=floor)
-                    model.name = f"seasonal (while {query.model} trains)"
-                    self._refit_later(query, client, expr, common, plan, step_s, [key])
-                    deferred += 1
-                else:
-                    model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair, previous=self._previous(common, key, plan.slot),
-                                         min_deviation=floor)
-                    self.store_model(common, key, plan.slot, model)
-            else:
-                # Cold start: a series with little history is scored by the baseline fitted on
-                # the first part of what is viewed (not cached: it depends on the view).
-                head = max(self.settings.detection.min_train_points, s.values.size // 4)
-                if np.isfinite(s.values[:head]).sum() < min(self.settings.detection.min_train_points, 8):
-                    continue
-                model = fit_detector("seasonal", s.times_ms[:head], s.values[:head],
-                                     sensitivity=query.sensitivity, step_s=step_s, min_deviation=floor)
-                model.name = "seasonal (cold start: little history)"
-                cold += 1
-            if self.on_fit is not None:
-                self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
-            found[key] = model
-        if deferred:
-            notices.append(f"{deferred} series are scored by the seasonal baseline while their {query.model} models "
-                           "train in the background: refresh in a few seconds")
-        if cold:
-            notices.append(f"{cold} series had less than {self.settings.detection.min_train_points} points of history "
-                           "before the range and are scored by the seasonal baseline fitted on the start of the range")
-        if len(found) < len(view):
-            notices.append(f"{len(view) - len(found)} series have too little data to score")
-        return found
-
-    def min_deviation(self, query: Query) -> MinDeviation:
-        """The query's own smallest alarming deviation, else the configured default."""
-        if query.min_deviation is not None:
-            return query.min_deviation
-        return parse_min_deviation(self.settings.detection.min_deviation)
-
-    #: how many refit slots old a model a panel may use while its replacement trains
-    _max_stale_slots = 24
-
-    def _previous(self, common: tuple, key: str, slot: int) -> Detector | None:
-        """The model of the latest earlier slot: a learned refit reuses its estimator (cheap refits)."""
-        latest = self.cache.get((*common, key, "latest"), count=False)
-        if latest is None or latest >= slot:
-            return None
-        return self.cache.get((*common, key, latest), count=False)
-
-    def store_model(self, common: tuple, key: Hashable, slot: int, model: Any) -> None:
-        """Cache ``model`` for ``slot``; the newest slot's model replaces older ones of the same key."""
-        self.cache.put((*common, key, slot), model)
-        latest = self.cache.get((*common, key, "latest"), count=False)
-        if latest is None or latest < slot:
-            self.cache.put((*common, key, "latest"), slot)
-            if latest is not None:
-                # The newest slot's model is all the next refits and panels need; an older one
-                # is refitted on demand if someone scrolls back.
-                self.cache.discard((*common, key, latest))
-
-    def _fetch_training(self, query: Query, client: PrometheusClient, expr: str, plan: "_TrainingPlan",
-                        step_s: float, where: str, remaining_s: Callable[[], float] | None = None,
-                        *, recent: bool | None = None) -> tuple[dict[str, Series], dict[str, Series]]:
-        """History before the range at the coarse step, and (for learned models) the latest part
-        of it at the scoring step: learned patterns are step-dependent."""
-        def budget() -> float | None:
-            return remaining_s() if remaining_s is not None else None
-
-        want_recent = is_learned(query.model) if recent is None else recent
-        try:
-            history = client.query_range(expr, ms_to_s(plan.start_ms), ms_to_s(plan.end_ms), plan.train_step_s,
-                                         deadline_s=budget())
-            latest: list[Series] = []
-            if want_recent and plan.train_step_s > step_s:
-                latest = client.query_range(expr, ms_to_s(plan.recent_start_ms(step_s)), ms_to_s(plan.end_ms),
-                                            step_s, deadline_s=budget())
-        except VigilError as exc:
-            raise type(exc)(f"{where}: fetching training history: {exc.message}", code=exc.code) from None
-        return ({series_key(h.labels): h for h in history}, {series_key(r.labels): r for r in latest})
-
-    def training_plan(self, fetched: FetchedView, *, before_view: bool = False) -> "_TrainingPlan":
-        """Where the models of ``fetched`` train: ``train_window`` before the start of the refit
-        slot the query ends in, or (``before_view``) the one it starts in."""
-        return _TrainingPlan.for_query(fetched.query, self.settings, fetched.step_s, before_view=before_view)
-
-    def fetch_training(self, fetched: FetchedView, plan: "_TrainingPlan", *, recent: bool
-                       ) -> tuple[dict[str, Series], dict[str, Series]]:
-        """The history of ``plan`` by series key (and, with ``recent``, its latest part at the scoring step)."""
-        return self._fetch_training(fetched.query, fetched.client, fetched.expr, plan, fetched.step_s,
-                                    fetched.where, fetched.remaining_s, recent=recent)
-
-    def _refit_later(self, query: Query, client: PrometheusClient, expr: str, common: tuple,
-                     plan: "_TrainingPlan", step_s: float, keys: list[str]) -> None:
-        """Fit ``keys`` for the current slot in the background (one worker thread per process)."""
-        with self._pending_lock:
-            todo = [k for k in keys if (*common, k, plan.slot) not in self._pending]
-            self._pending.update((*common, k, plan.slot) for k in todo)
-        if not todo:
-            return
-
-        def work() -> None:
-            try:
-                history, recent = self._fetch_training(query, client, expr, plan, step_s, f"background fit of {expr!r}")
-                for key in todo:
-                    times, values, recent_pair = _training_arrays(history.get(key), recent.get(key), query.exclude)
-                    if np.isfinite(values).sum() < self.settings.detection.min_train_points:
-                        continue
-                    t0 = _clock.monotonic()
-                    model = fit_detector(query.model, times, values, sensitivity=query.sensitivity, step_s=step_s,
-                                         recent=recent_pair, previous=self._previous(common, key, plan.slot),
-                                         min_deviation=self.min_deviation(query))
-                    self.store_model(common, key, plan.slot, model)
-                    if self.on_fit is not None:
-                        self.on_fit(model.name.split(" ")[0], _clock.monotonic() - t0)
-            except Exception:  # noqa: BLE001 - the next request retries
-                log.exception("background fit failed", extra={"query": query.expr})
-            finally:
-                with self._pending_lock:
-                    self._pending.difference_update((*common, k, plan.slot) for k in todo)
-
-        self._background.submit(work)
-
-
-@dataclass(frozen=True)
-class _TrainingPlan:
-    """Where a query's training history lies: ``train_window`` before the start of its refit slot."""
-
-    slot: int
-    start_ms: int
-    end_ms: int
-    train_step_s: float
-    max_points: int
-
-    @classmethod
-    def for_query(cls, query: Query, settings: Settings, step_s: float, *,
-                  before_view: bool = False) -> "_TrainingPlan":
-        det = settings.detection
-        refit_ms = int(det.refit_every_s * 1000)
-        # The slot the query ends in: every view of the same moment uses the same model. Group
-        # models (no incident search of their own) train before the view instead.
-        slot = (query.start_ms if before_view else query.end_ms) // refit_ms
-        end_ms = slot * refit_ms
-        return cls(slot=slot, start_ms=end_ms - int(query.train_window_s * 1000), end_ms=end_ms,
-                   train_step_s=float(max(step_s, math.ceil(query.train_window_s / det.max_train_points))),
-                   max_points=det.max_train_points)
-
-    def recent_start_ms(self, step_s: float) -> int:
-        return max(self.start_ms, self.end_ms - int(self.max_points * step_s * 1000))
-
-
-def downsample(times_ms: np.ndarray, values: np.ndarray, scores: Scores, is_anomaly: np.ndarray,
-               step_ms: int) -> tuple[np.ndarray, np.ndarray, Scores, np.ndarray]:
-    """Scores at a coarser step for a panel that asked for one: each bucket ``(t - step, t]`` of the
-    step grid is shown by its most anomalous point (so no anomaly is hidden by the panel's
-    resolution), at the bucket's grid time, and is anomalous if any of its points is."""
-    if times_ms.size == 0:
-        return times_ms, values, scores, is_anomaly
-    bucket = -(-times_ms // step_ms)
-    starts = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
-    rank = np.where(np.isfinite(scores.anomaly_score), scores.anomaly_score, -np.inf)
-    # The last point of a bucket wins ties (what Prometheus itself would show at the grid time).
-    pick = np.array([a + int(np.flatnonzero(rank[a:b] == rank[a:b].max())[-1])
-                     for a, b in zip(starts, np.append(starts[1:], times_ms.size))], dtype=np.int64)
-    flags = np.maximum.reduceat(is_anomaly, starts)
-    return (bucket[starts] * step_ms, values[pick], Scores(*(np.asarray(a)[pick] for a in scores)), flags)
 
 
 def _training_arrays(history: Series | None, recent: Series | None, exclude: tuple[ExcludeWindow, ...]):
@@ -505,13 +415,3 @@ def _training_arrays(history: Series | None, recent: Series | None, exclude: tup
         return np.empty(0, np.int64), np.empty(0), None
     recent_pair = (recent.times_ms, exclude_windows(recent, exclude)) if recent is not None else None
     return history.times_ms, exclude_windows(history, exclude), recent_pair
-
-
-def exclude_windows(series: Series, windows: tuple[ExcludeWindow, ...]) -> np.ndarray:
-    values = series.values
-    if not windows:
-        return values
-    values = values.copy()
-    for w in windows:
-        values[(series.times_ms >= w.start_ms) & (series.times_ms <= w.end_ms)] = np.nan
-    return values

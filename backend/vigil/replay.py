@@ -34,6 +34,7 @@ from .detectors import DEFAULT_MIN_DEVIATION, Detector, fit_detector, is_learned
 from .display import format_span, format_value
 from .episodes import Episode, Hysteresis, find_episodes, quiet_points_for
 from .explain import explain
+from .model_store import TrainingPlan
 from .units import MinDeviation, format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
 __all__ = ["ReplayResult", "CsvSeries", "replay", "read_csv", "write_csv", "plot", "figure", "add_arguments", "run"]
@@ -82,7 +83,13 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
     n0 = int(min(n, max(1, train_rows if train_rows is not None else math.ceil(train_fraction * n))))
     refit_ms = int(refit_every_s * 1000)
     window_ms = int(train_window_s * 1000)
-    train_step_ms = int(max(step_s, math.ceil(train_window_s / max_train_points)) * 1000)
+
+    def plan_at(time_ms: int) -> TrainingPlan:
+        """The service's training plan for the slot ``time_ms`` falls in (``vigil.model_store``)."""
+        return TrainingPlan.at(time_ms, train_window_s=train_window_s, step_s=step_s, refit_every_s=refit_every_s,
+                               max_train_points=max_train_points)
+
+    train_step_ms = int(plan_at(int(t[0])).train_step_s * 1000)
     wants_recent = is_learned(model)
     context_rows = _CONTEXT_ROWS
     state = Hysteresis(quiet_points=quiet_points_for(step_s))
@@ -146,13 +153,13 @@ def replay(times_ms: np.ndarray, values: np.ndarray, *, model: str = "auto", sen
     detector = fit(n0, int(t[n0 - 1]) + 1, None)
     score_rows(detector, 0, n0)
     a = n0
-    last_slot = int(t[n0 - 1]) // refit_ms
+    last_slot = plan_at(int(t[n0 - 1])).slot
     while a < n:
-        slot = int(t[a]) // refit_ms
-        b = int(np.searchsorted(t, (slot + 1) * refit_ms, "left"))
-        if slot > last_slot:
-            detector = fit(a, slot * refit_ms, detector)
-            last_slot = slot
+        plan = plan_at(int(t[a]))
+        b = int(np.searchsorted(t, (plan.slot + 1) * refit_ms, "left"))
+        if plan.slot > last_slot:
+            detector = fit(a, plan.end_ms, detector)
+            last_slot = plan.slot
         score_rows(detector, a, b)
         a = b
         if progress is not None:

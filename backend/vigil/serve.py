@@ -1,8 +1,9 @@
 """``vigil serve``: the datasource service under gunicorn, configured from the one ``Settings``.
 
-Production settings: threaded workers (``gthread``: Grafana sends several panel queries at once,
-and a query mostly waits on Prometheus), a worker timeout just above the request budget, worker
-recycling to bound memory, JSON logs for gunicorn too, and Prometheus metrics summed across
+Production settings: one threaded worker process by default (``gthread``: Grafana sends several
+panel queries at once, identical ones share one fetch and one fit, and one process keeps one copy
+of the models and scores; see docs/ARCHITECTURE.md), a worker timeout just above the request
+budget, no recycling (the stores are bounded), JSON logs for gunicorn too, and Prometheus metrics summed across
 worker processes (in a temporary directory removed on exit).
 
 Errors gunicorn answers itself, before the app sees the request (request line over
@@ -72,9 +73,12 @@ def gunicorn_options(settings: Settings, log_level: str = "info") -> dict[str, A
         "threads": server.threads,
         "timeout": int(server.request_timeout_s + 10),
         "graceful_timeout": 20,
-        "keepalive": 5,
-        "max_requests": 2000,
-        "max_requests_jitter": 200,
+        # Longer than a dashboard's refresh and most proxies' idle timeouts: a client reusing a
+        # connection the server has just closed gets a connection error, not an answer.
+        "keepalive": 75,
+        # No recycling: the process's models and scores are what makes a refresh cheap, and their
+        # memory is bounded by the stores' caps (detection.cache_max_mb), not by restarts.
+        "max_requests": 0,
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None,
         "accesslog": None,  # the app logs every request as JSON, with its request id
         "errorlog": "-",

@@ -1,7 +1,9 @@
 """Admission: how many requests one process scores at once, and the deadline each one has.
 
 A process has ``server.threads`` threads. At most ``server.max_inflight`` of them score at once
-(default: half of them); up to ``threads - max_inflight - 1`` more requests may wait for a slot,
+(default: 4, or half the threads if fewer: scoring is CPU-bound and one process runs one thread of
+Python at a time, so more slots only slow every answer down; identical queries wait on one
+another's work, not on a slot's CPU); up to ``threads - max_inflight - 1`` more requests may wait for a slot,
 at most ``server.queue_wait`` each; anything beyond is answered 429 with ``Retry-After`` at once.
 So at least one thread is always free for ``/healthz``, ``/readyz`` and the cheap routes in
 ``UNMETERED``, which never take a slot, and nothing queues past Grafana's 30 s proxy timeout:
@@ -21,7 +23,10 @@ from ..config import Settings
 from ..errors import Overloaded, UpstreamTimeout
 from ..telemetry import ServiceMetrics
 
-__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts"]
+__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT"]
+
+#: requests scored at once by default (``server.max_inflight``)
+DEFAULT_INFLIGHT = 4
 
 #: routes that never wait for, nor take, a scoring slot: probes, metrics, the API description and
 #: the query editor's static lists
@@ -32,7 +37,7 @@ UNMETERED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/jso
 def slot_counts(settings: Settings) -> tuple[int, int]:
     """(requests scored at once, requests that may wait for a slot) in one process."""
     threads = settings.server.threads
-    inflight = settings.server.max_inflight or max(1, threads // 2)
+    inflight = settings.server.max_inflight or max(1, min(DEFAULT_INFLIGHT, threads // 2))
     return inflight, max(0, threads - inflight - 1)
 
 

@@ -21,6 +21,7 @@ from ..pipeline import Detection
 from ..prometheus import LokiClient, PrometheusClient
 from ..telemetry import ServiceMetrics, multiprocess_dir
 from .admission import register_admission
+from .encoding import OrjsonProvider, register_compression
 from .health import health_blueprint
 from .infinity import infinity_blueprint
 from .json_datasource import json_datasource_blueprint
@@ -41,11 +42,12 @@ def create_app(settings: Settings | None = None, *, detection: Detection | None 
     metrics = metrics or ServiceMetrics(multiprocess_path=multiprocess_dir())
     app = Flask("vigil")
     app.config["VIGIL_SETTINGS"] = settings
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)  # compact, keys in order, numpy arrays written directly
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes  # 413 before the body is read
     app.extensions["vigil.metrics"] = metrics
     app.extensions["vigil.detection"] = detection or build_detection(settings, metrics)
     register_request_hooks(app, metrics)
+    register_compression(app)
     register_admission(app, settings, metrics)
     register_blueprints(app, settings, metrics)
     register_openapi(app)

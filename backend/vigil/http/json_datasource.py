@@ -130,7 +130,7 @@ def json_datasource_blueprint(settings: Settings) -> Blueprint:
             if as_bool(payload.get("annotations", False), f"{where}: payload.annotations"):
                 frames.extend(to_annotation_frames(result, ref_id))
             else:
-                frames.extend(to_dataframes(result, ref_id, opts.fields))
+                frames.extend(to_dataframes(result, ref_id, opts.fields, arrays=True))
         return jsonify(frames)
 
     @bp.post("/variable")
