@@ -33,19 +33,19 @@ every model its expected band.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 import numpy as np
 
 from .calibration import episode_threshold, episodes_per_day, robust_threshold
+from .robust import (bin_medians, common, covers_day, finite, group_robust_scale, loo_median_shift, quantum,
+                     robust_scale, run_durations_ms, spread_of, sustained, trailing_median, weekday)
 
 __all__ = ["SeasonalBaseline", "Scores", "MAX_SCORE", "trailing_median"]
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
-_MAD_TO_SIGMA = 1.4826
 _DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 #: Scores are capped here: 100 times past the threshold is as anomalous as a reader needs to know.
 MAX_SCORE = 100.0
@@ -87,7 +87,7 @@ class SeasonalBaseline:
     # -- fitting -----------------------------------------------------------------------------
 
     def fit(self, times_ms: np.ndarray, values: np.ndarray) -> "SeasonalBaseline":
-        t, x = _finite(times_ms, values)
+        t, x = finite(times_ms, values)
         if x.size == 0:
             raise ValueError("The 'values' parameter of SeasonalBaseline.fit must have at least one finite value. Got none.")
         # Trained on normal data: incidents inside the training window (a level shift of a few
@@ -103,7 +103,7 @@ class SeasonalBaseline:
             kept = np.flatnonzero(~excluded)
             found = np.zeros(x.size, dtype=bool)
             found[kept] = self._incidents(t[kept], *fitted)
-            if self.resting_ and _common(t, found & ~excluded):
+            if self.resting_ and common(t, found & ~excluded):
                 # A series that rests on one value most of the time (an error counter at 0) and
                 # leaves it every day or two: those bursts are its normal, not incidents.
                 break
@@ -174,7 +174,7 @@ class SeasonalBaseline:
         self.train_end_ms_ = int(t[-1])
         self.slope_ = 0.0  # per ms: growth (a leak, more users) is not a season
         self.t_ref_ms_ = int(t[-1])
-        self.quantum_ = _quantum(x)
+        self.quantum_ = quantum(x)
         self.typical_ = float(np.median(np.abs(x)))
         self._fit_profile(t, x)
         # Two passes: points far outside the first fit (incidents in the training window) are
@@ -185,7 +185,7 @@ class SeasonalBaseline:
         far = z >= 6.0
         self.resting_ = bool(np.mean(x == np.median(x)) > 0.5)
         keep = ~far | self._recurring(t, far)
-        if self.resting_ and _common(t, far):
+        if self.resting_ and common(t, far):
             keep[:] = True
         refit = keep.sum() >= max(8, int(0.5 * x.size)) and not keep.all()
         if refit:
@@ -202,7 +202,7 @@ class SeasonalBaseline:
                 # The within estimate: separate weekday and weekend profiles each soak up their
                 # own days' mean level, so time is centred per day type (pooled, each pass would
                 # recover only ~40 % of the growth and the weekday profile would lag behind it).
-                groups = (_weekday(t[near]) >= 5).astype(np.int64)
+                groups = (weekday(t[near]) >= 5).astype(np.int64)
                 if self.seasonality_ != "weekly":
                     groups[:] = 0
                 sums, counts = np.bincount(groups, dt[near], minlength=2), np.bincount(groups, minlength=2)
@@ -249,9 +249,9 @@ class SeasonalBaseline:
         groups = self._bin(t)
         n_groups = self.n_bins_
         if self.seasonality_ == "weekly":
-            groups = groups + self.n_bins_ * (_weekday(t) >= 5)
+            groups = groups + self.n_bins_ * (weekday(t) >= 5)
             n_groups *= 2
-        return _loo_median_shift(x - self.slope_ * (t - self.t_ref_ms_), groups, n_groups)
+        return loo_median_shift(x - self.slope_ * (t - self.t_ref_ms_), groups, n_groups)
 
     def _fit_profile(self, t: np.ndarray, x: np.ndarray) -> None:
         """Median per time-of-day bin; separate weekday and weekend profiles when that helps."""
@@ -267,20 +267,20 @@ class SeasonalBaseline:
         if span_ms < int(1.5 * DAY_MS) or x.size < 4 * self.n_bins_:
             return
         bins = self._bin(t)
-        daily = _bin_medians(flat_resid, bins, self.n_bins_)
+        daily = bin_medians(flat_resid, bins, self.n_bins_)
         with_daily = flat_resid - daily[bins]
         # Mean absolute deviations decide: a pattern on 2 days of 7 barely moves a median.
-        if not _spread_of(with_daily) < (1 - self.seasonal_gain) * _spread_of(flat_resid):
+        if not spread_of(with_daily) < (1 - self.seasonal_gain) * spread_of(flat_resid):
             return
         self.daily_[:] = daily
         self.seasonality_ = "daily"
-        weekend = _weekday(t) >= 5
-        if _covers_day(bins[weekend], self.n_bins_) and _covers_day(bins[~weekend], self.n_bins_):
+        weekend = weekday(t) >= 5
+        if covers_day(bins[weekend], self.n_bins_) and covers_day(bins[~weekend], self.n_bins_):
             split = np.zeros((2, self.n_bins_))
-            split[0] = _bin_medians(flat_resid[~weekend], bins[~weekend], self.n_bins_)
-            split[1] = _bin_medians(flat_resid[weekend], bins[weekend], self.n_bins_)
+            split[0] = bin_medians(flat_resid[~weekend], bins[~weekend], self.n_bins_)
+            split[1] = bin_medians(flat_resid[weekend], bins[weekend], self.n_bins_)
             with_split = flat_resid - split[weekend.astype(int), bins]
-            if _spread_of(with_split) < (1 - self.seasonal_gain / 2) * _spread_of(with_daily):
+            if spread_of(with_split) < (1 - self.seasonal_gain / 2) * spread_of(with_daily):
                 self.daily_ = split
                 self.seasonality_ = "weekly"
 
@@ -296,7 +296,7 @@ class SeasonalBaseline:
             reach = self.spread_reach_bins
             pooled = np.concatenate([(bins + d) % self.n_bins_ for d in range(-reach, reach + 1)])
             counts = np.bincount(pooled, minlength=self.n_bins_)
-            local = _group_robust_scale(np.tile(resid, 2 * reach + 1), pooled, self.n_bins_)
+            local = group_robust_scale(np.tile(resid, 2 * reach + 1), pooled, self.n_bins_)
             local = np.where(local > 0, local, global_scale)
             shrink = 10.0
             factor = (counts * local + shrink * global_scale) / ((counts + shrink) * global_scale)
@@ -307,7 +307,7 @@ class SeasonalBaseline:
         self.spread_factor_ = factor
 
     def _global_scale(self, resid: np.ndarray) -> float:
-        scale = _robust_scale(resid)
+        scale = robust_scale(resid)
         typical = abs(self.center_) if hasattr(self, "center_") else float(np.median(np.abs(resid)))
         # A floor keeps a flat or quantised series scorable: any change of it is then anomalous,
         # but a change of one part in a thousand of its level is not.
@@ -319,7 +319,7 @@ class SeasonalBaseline:
         return ((np.asarray(t, dtype=np.int64) % DAY_MS) // self.bin_ms_).astype(np.int64) % self.n_bins_
 
     def _profile_at(self, t: np.ndarray) -> np.ndarray:
-        daytype = (_weekday(t) >= 5).astype(np.int64)
+        daytype = (weekday(t) >= 5).astype(np.int64)
         # Linear between bin centres: a steep morning ramp is not a staircase.
         position = (np.asarray(t, dtype=np.int64) % DAY_MS) / self.bin_ms_ - 0.5
         low = np.floor(position)
@@ -360,7 +360,7 @@ class SeasonalBaseline:
         deviation = x - yhat
         half = np.maximum(self.band_z_ * spread, self.min_deviation_())
         score = np.abs(deviation) / half
-        score = np.maximum(score, _sustained(deviation / half, self._points(self.sustained_s, step_ms, 3),
+        score = np.maximum(score, sustained(deviation / half, self._points(self.sustained_s, step_ms, 3),
                                              self.sustained_fraction))
         if hasattr(self, "floor_value_"):  # models pickled before the stuck statistic have none
             score = np.maximum(score, self._run_ms(t, x) / self.stuck_ms_)
@@ -372,7 +372,7 @@ class SeasonalBaseline:
         training (the median over days: one stuck incident in the window does not count), and at
         least ``min_stuck_s``. A noisy gauge never repeats a value exactly; one that does for an
         hour has stopped updating (a stuck exporter, a frozen process), which no band can see."""
-        runs = _run_durations_ms(t, x)
+        runs = run_durations_ms(t, x)
         day = (t // DAY_MS) - t[0] // DAY_MS
         longest = np.zeros(int(day[-1]) + 1)
         np.maximum.at(longest, day, runs)
@@ -399,7 +399,7 @@ class SeasonalBaseline:
         first = idx[0]
         continues = (xf[0] == self.run_value_ and self.run_start_ms_ <= tf[0]
                      and tf[0] - self.train_end_ms_ <= 2 * self.step_s * 1000.0)
-        durations[idx] = _run_durations_ms(tf, xf, start_ms=self.run_start_ms_ if continues else int(t[first]))
+        durations[idx] = run_durations_ms(tf, xf, start_ms=self.run_start_ms_ if continues else int(t[first]))
         durations[x <= self.floor_value_] = 0.0
         return durations
 
@@ -418,196 +418,3 @@ class SeasonalBaseline:
             kind = "weekend" if moment.weekday() >= 5 else "weekday"
             return f"for a {kind} ({_DAY_NAMES[moment.weekday()]}) at {clock}"
         return f"for {clock}"
-
-
-def _sustained(u: np.ndarray, k: int, fraction: float) -> np.ndarray:
-    """Per point: the median deviation (in band half-widths, signed) over it and the ``k - 1``
-    points before it, over ``fraction``, as a magnitude; 0 for the first ``k - 1`` points. It
-    reaches 1 when most of the last ``k`` points sit beyond ``fraction`` of the band on one side
-    (a gap counts as a point at ``yhat``)."""
-    out = np.zeros(u.size)
-    if u.size < k:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(np.nan_to_num(u, nan=0.0), k)
-    out[k - 1:] = np.abs(np.median(windows, axis=1)) / fraction
-    return out
-
-
-def _trailing_mean(a: np.ndarray, k: int) -> np.ndarray:
-    """Mean of the finite values among the last ``k`` up to and including each point (causal)."""
-    ok = np.isfinite(a)
-    c = np.concatenate([[0.0], np.cumsum(np.where(ok, a, 0.0))])
-    m = np.concatenate([[0], np.cumsum(ok)])
-    idx = np.arange(1, a.size + 1)
-    lo = np.maximum(0, idx - k)
-    count = m[idx] - m[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (c[idx] - c[lo]) / np.maximum(count, 1), np.nan)
-
-
-def trailing_median(a: np.ndarray, k: int, samples: int = 32) -> np.ndarray:
-    """Per point, the median of the finite values among the ``k`` points before it (not itself);
-    NaN where there are fewer than 3 (or ``k``) of them. Long windows are sampled at about
-    ``samples`` evenly spaced points, which keeps it linear in the number of points."""
-    a = np.asarray(a, dtype=np.float64)
-    n = a.size
-    out = np.full(n, np.nan)
-    if n == 0:
-        return out
-    stride = max(1, int(math.ceil(k / samples)))
-    padded = np.concatenate([np.full(k, np.nan), a])
-    view = np.lib.stride_tricks.sliding_window_view(padded, k)[:n, ::-1][:, ::stride]
-    need = min(3, view.shape[1])
-    for lo in range(0, n, 16384):  # bounded memory on long series
-        ordered = np.sort(view[lo:lo + 16384], axis=1)  # NaN sorts last
-        finite = np.isfinite(ordered).sum(axis=1)
-        mid_lo = np.maximum(finite - 1, 0) // 2
-        mid_hi = finite // 2
-        med = (np.take_along_axis(ordered, mid_lo[:, None], 1)[:, 0]
-               + np.take_along_axis(ordered, np.minimum(mid_hi, ordered.shape[1] - 1)[:, None], 1)[:, 0]) / 2.0
-        out[lo:lo + 16384] = np.where(finite >= need, med, np.nan)
-    return out
-
-
-def _common(t: np.ndarray, flagged: np.ndarray, per_day: float = 0.5) -> bool:
-    """Whether the flagged runs are more than ``per_day`` a day on average: too common to be
-    incidents, whatever their size."""
-    if t.size < 2 or not flagged.any():
-        return False
-    starts = int((np.diff(flagged.astype(np.int8), prepend=0) == 1).sum())
-    days = max((int(t[-1]) - int(t[0])) / DAY_MS, 1.0)
-    return starts / days > per_day
-
-
-def _quantum(x: np.ndarray) -> float:
-    """The step between neighbouring values of a quantised series (0 when it is not quantised):
-    few distinct values for many points, evenly apart."""
-    if x.size < 32:
-        return 0.0
-    distinct = np.unique(x)
-    if distinct.size < 2 or distinct.size > max(16, x.size // 8):
-        return 0.0
-    gaps = np.diff(distinct)
-    return float(np.median(gaps))
-
-
-def _run_durations_ms(t: np.ndarray, x: np.ndarray, start_ms: int | None = None) -> np.ndarray:
-    """Per point of a gap-free series: time since the current run of one repeated value began.
-    ``start_ms`` is when the first point's run began (it may have started before ``t[0]``)."""
-    if x.size == 0:
-        return np.zeros(0)
-    change = np.concatenate([[True], x[1:] != x[:-1]])
-    run_id = np.cumsum(change) - 1
-    starts = t[change].astype(np.float64)
-    if start_ms is not None:
-        starts[0] = min(float(start_ms), starts[0])
-    return t.astype(np.float64) - starts[run_id]
-
-
-def _finite(times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t = np.asarray(times_ms, dtype=np.int64)
-    x = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(x)
-    return t[ok], x[ok]
-
-
-def _robust_scale(resid: np.ndarray) -> float:
-    """MAD-based sigma, with a trimmed mean-absolute-deviation fallback for quantised data."""
-    if resid.size == 0:
-        return 0.0
-    med = np.median(resid)
-    dev = np.abs(resid - med)
-    mad = _MAD_TO_SIGMA * float(np.median(dev))
-    if mad > 0:
-        return mad
-    trimmed = np.sort(dev)[: max(1, int(0.95 * dev.size))]
-    return 1.2533 * float(np.mean(trimmed))
-
-
-def _spread_of(resid: np.ndarray) -> float:
-    """Mean absolute deviation from the median, the top 1 % left out (incidents in training)."""
-    dev = np.abs(resid - np.median(resid))
-    return float(np.mean(np.sort(dev)[: max(1, int(0.99 * dev.size))]))
-
-
-def _covers_day(bins: np.ndarray, n_bins: int) -> bool:
-    """At least two points in nine of ten time-of-day bins: a whole day has been seen."""
-    return bool((np.bincount(bins, minlength=n_bins) >= 2).mean() >= 0.9)
-
-
-def _bin_medians(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
-    medians, counts = _group_medians(values, bins, n_bins)
-    return _fill_and_smooth(medians, counts > 0)
-
-
-def _group_medians(values: np.ndarray, bins: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Median of ``values`` per bin (0 for empty bins) and the counts, without a Python loop."""
-    counts = np.bincount(bins, minlength=n_bins)
-    if values.size == 0:
-        return np.zeros(n_bins), counts
-    ordered = values[np.lexsort((values, bins))]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    safe = np.maximum(counts, 1)
-    lo = ordered[np.minimum(starts + (safe - 1) // 2, values.size - 1)]
-    hi = ordered[np.minimum(starts + safe // 2, values.size - 1)]
-    return np.where(counts > 0, (lo + hi) / 2.0, 0.0), counts
-
-
-def _loo_median_shift(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per point: the median of its group without it, minus the median of the whole group."""
-    order = np.lexsort((values, groups))
-    ordered = values[order]
-    counts = np.bincount(groups, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    g = groups[order]
-    n = counts[g]
-    pos = np.arange(values.size) - starts[g]  # rank inside the group
-    base = starts[g]
-    last = values.size - 1
-
-    def at(k: np.ndarray) -> np.ndarray:
-        return ordered[np.clip(base + k, 0, last)]
-
-    full = (at((n - 1) // 2) + at(n // 2)) / 2.0
-    even = n % 2 == 0
-    half = n // 2
-    # n even: n-1 left, odd, the median is one element; n odd: n-1 left, even, the mean of two.
-    loo_even = np.where(pos <= half - 1, at(half), at(half - 1))
-    m = (n - 1) // 2
-    loo_odd = np.where(pos < m, (at(m) + at(m + 1)) / 2.0,
-                       np.where(pos > m, (at(m - 1) + at(m)) / 2.0, (at(m - 1) + at(m + 1)) / 2.0))
-    shift_sorted = np.where(n <= 1, 0.0, np.where(even, loo_even, loo_odd) - full)
-    out = np.empty(values.size)
-    out[order] = shift_sorted
-    return out
-
-
-def _group_robust_scale(resid: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
-    """:func:`_robust_scale` per bin (0 for empty bins), vectorised."""
-    medians, counts = _group_medians(resid, bins, n_bins)
-    dev = np.abs(resid - medians[bins])
-    mad, _ = _group_medians(dev, bins, n_bins)
-    scale = _MAD_TO_SIGMA * mad
-    if (scale[counts > 0] > 0).all():
-        return scale
-    # Quantised bins: the trimmed mean absolute deviation, as in _robust_scale.
-    ordered = dev[np.lexsort((dev, bins))]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    keep = np.maximum(1, (0.95 * counts).astype(np.int64))
-    csum = np.concatenate([[0.0], np.cumsum(ordered)])
-    trimmed = (csum[np.minimum(starts + keep, ordered.size)] - csum[starts]) / keep
-    return np.where(scale > 0, scale, np.where(counts > 0, 1.2533 * trimmed, 0.0))
-
-
-def _fill_and_smooth(profile: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fill empty bins from neighbours and smooth circularly over three bins."""
-    if not known.any():
-        return np.zeros_like(profile)
-    idx = np.arange(profile.size)
-    filled = np.interp(idx, idx[known], profile[known], period=profile.size)
-    return (np.roll(filled, 1) + 2 * filled + np.roll(filled, -1)) / 4.0
-
-
-def _weekday(t: np.ndarray) -> np.ndarray:
-    # 1970-01-01 was a Thursday (weekday 3).
-    return ((np.asarray(t, dtype=np.int64) // DAY_MS) + 3) % 7
