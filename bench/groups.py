@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from realstack import start_prometheus  # noqa: E402
 from vigil.config import Settings  # noqa: E402
-from vigil.openmetrics import to_openmetrics  # noqa: E402
-from vigil.pipeline import Detection, Query  # noqa: E402
-from vigil.prometheus import PrometheusClient  # noqa: E402
-from vigil.synthetic import generate  # noqa: E402
+from vigil_dev.openmetrics import to_openmetrics  # noqa: E402
+from vigil.pipeline.core import Detection, Query  # noqa: E402
+from vigil.sources.prometheus import PrometheusClient  # noqa: E402
+from vigil_dev.synthetic import generate  # noqa: E402
 
 STEP_S = 60
 DAYS = 7

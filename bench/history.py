@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vigil.openmetrics import to_openmetrics
-from vigil.synthetic import generate
+from vigil_dev.openmetrics import to_openmetrics
+from vigil_dev.synthetic import generate
 
 STEP_S = 60
 _SHAPES = ("cpu", "memory", "request_rate", "latency")

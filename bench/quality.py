@@ -2,7 +2,7 @@
 
 ``python -m bench quality [--seeds N] [--step-s S] [--days D] [--models a,b] [--sensitivity W]``
 
-Corpus: ``vigil.synthetic.corpus`` for seeds 0..N-1 (every shape x every anomaly kind, two events
+Corpus: ``vigil_dev.synthetic.corpus`` for seeds 0..N-1 (every shape x every anomaly kind, two events
 each, plus one anomaly-free series per shape). Each series is replayed exactly like
 ``vigil detect`` does (initial fit on the first 15 %, hourly refits on the trailing 7 days,
 causal hysteresis). Evaluated on the second half of each series (where the generator plants the
@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vigil.replay import replay
-from vigil.synthetic import KINDS, SHAPES, LabelledSeries, corpus, generate
+from vigil.pipeline.replay import replay
+from vigil_dev.synthetic import KINDS, SHAPES, LabelledSeries, corpus, generate
 
 MODELS = ("seasonal", "iforest", "ocsvm")
 _AFTERMATH_MS = 3_600_000

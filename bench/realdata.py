@@ -139,7 +139,7 @@ def flags_for(series: Labelled, detector: str) -> np.ndarray:
 def flags_and_scores(series: Labelled, detector: str) -> tuple[np.ndarray, np.ndarray | None]:
     """``(is_anomaly, anomaly_score or None for the naive baselines)``."""
     if detector.startswith("vigil:"):
-        from vigil.replay import replay
+        from vigil.pipeline.replay import replay
 
         _, model, sensitivity = detector.split(":")
         with warnings.catch_warnings():
@@ -156,7 +156,7 @@ def flags_at(series: Labelled, score: np.ndarray, multiple: float) -> np.ndarray
     The same scores (models trained with the default's flags left out), re-thresholded: one
     replay gives the whole false-alarms-against-recall curve.
     """
-    from vigil.episodes import Hysteresis, quiet_points_for
+    from vigil.detection.episodes import Hysteresis, quiet_points_for
 
     diffs = np.diff(series.times_ms)
     step_s = float(np.median(diffs[diffs > 0])) / 1000.0 if (diffs > 0).any() else 60.0

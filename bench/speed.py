@@ -22,9 +22,9 @@ import tracemalloc
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from vigil.detectors import fit_detector
-from vigil.replay import replay
-from vigil.synthetic import generate
+from vigil.detection.detectors import fit_detector
+from vigil.pipeline.replay import replay
+from vigil_dev.synthetic import generate
 
 MODELS = ("seasonal", "iforest", "ocsvm")
 

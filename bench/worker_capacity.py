@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from realstack import start_prometheus  # noqa: E402
 from vigil.config import JobSettings, Settings  # noqa: E402
 from bench.history import openmetrics_history  # noqa: E402
-from vigil.worker import Worker  # noqa: E402
+from vigil.worker.runner import Worker  # noqa: E402
 
 INTERVAL_S = 60.0
 

@@ -298,12 +298,12 @@ class Demo:
         env = {**os.environ, "VIGIL_SERVER_TOKEN": self.s["token"]}
         config = str(self.dir / "vigil.yaml")
         vigil_started = []
-        if has_command("vigil.serve"):
+        if has_command("vigil.http.serve"):
             vigil_started.append(self.start("service", vigil_command() + ["serve", "--config", config],
                                             "/healthz", "service", env))
         else:
             notes.append("`vigil serve` is not in this installation yet: the query service is not running")
-        if has_command("vigil.worker"):
+        if has_command("vigil.worker.runner"):
             vigil_started.append(self.start("worker", vigil_command() + ["worker", "--config", config],
                                             "/metrics", "worker_metrics", env))
         else:
@@ -382,7 +382,7 @@ class Demo:
 
     def report_first_episode(self) -> bool:
         try:
-            from vigil.audit import open_for_reading
+            from vigil.store.audit import open_for_reading
         except ImportError:
             return True
         try:

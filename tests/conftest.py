@@ -2,7 +2,7 @@
 
 Owns the lifetime of every real process a test uses: each fixture stops what it started, even
 when the test fails. Helpers to start binaries live in ``realstack.py`` (import it as
-``from realstack import ...``); the seeded history comes from ``vigil.synthetic``.
+``from realstack import ...``); the seeded history comes from ``vigil_dev.synthetic``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from realstack import Process, start_alertmanager, start_node_exporter, start_prometheus
-from vigil.openmetrics import to_openmetrics
-from vigil.synthetic import LabelledSeries, generate
+from vigil_dev.openmetrics import to_openmetrics
+from vigil_dev.synthetic import LabelledSeries, generate
 
 
 @pytest.fixture(scope="session")
@@ -200,7 +200,7 @@ def grouped_series(end_ms: int) -> tuple[dict[tuple[str, str], tuple[Any, Any]],
     """``{(instance, mode): (times_ms, values)}`` and the planted event of instance ``odd``."""
     import numpy as np
 
-    from vigil.baseline import SeasonalBaseline
+    from vigil.detection.baseline import SeasonalBaseline
 
     points = int(round(SEEDED_DAYS * 86400 / SEEDED_STEP_S))
     start_ms = end_ms - (points - 1) * int(SEEDED_STEP_S * 1000)

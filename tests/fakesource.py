@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from vigil.series import Series
-from vigil.synthetic import generate
+from vigil_dev.synthetic import generate
 
 LOOKBACK_MS = 300_000
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from realstack import AMTOOL, free_port, require_binary
-from vigil.alerts import ALERT_NAME, AlertmanagerSink, DeliveryError, alert_labels, panel_url
-from vigil.audit import StoredEpisode
+from vigil.sinks.alerts import ALERT_NAME, AlertmanagerSink, DeliveryError, alert_labels, panel_url
+from vigil.store.audit import StoredEpisode
 from vigil.config import AlertmanagerSettings, GrafanaSettings, JobSettings
 from vigil.errors import DeliveryTimeout
 

@@ -8,10 +8,10 @@ import pytest
 
 from grafana_recorder import GrafanaRecorder
 from realstack import wait_for
-from vigil.annotations import GrafanaSink, annotation_tags, annotation_text
-from vigil.audit import AuditStore
+from vigil.sinks.annotations import GrafanaSink, annotation_tags, annotation_text
+from vigil.store.audit import AuditStore
 from vigil.config import GrafanaSettings, JobSettings, Secret
-from vigil.outbox import Outbox
+from vigil.worker.outbox import Outbox
 
 NOW_MS = 1_735_711_200_000
 TOKEN = "glsa_test_secret_token"

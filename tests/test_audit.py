@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vigil.audit import AuditStore, audit_rows, open_for_reading
+from vigil.store.audit import AuditStore, audit_rows, open_for_reading
 
 NOW_MS = 1_735_711_200_000
 
@@ -173,7 +173,7 @@ def test_audit_piped_into_head_exits_quietly(tmp_path):
 
 
 def test_audit_table_cuts_long_cells_visibly_except_with_wide(capsys):
-    from vigil.audit_cli import _print
+    from vigil.store.audit_cli import _print
 
     row = {"series": "instance=" + "x" * 80, "reason": "r" * 150}
     _print([row], False, ("series", "reason"))

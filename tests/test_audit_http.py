@@ -6,7 +6,7 @@ import time
 
 from flask import Flask
 
-from vigil.audit import AuditStore
+from vigil.store.audit import AuditStore
 from vigil.config import Settings
 from vigil.errors import VigilError
 from vigil.http.audit import audit_blueprint

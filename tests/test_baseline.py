@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vigil.baseline import SeasonalBaseline
-from vigil.synthetic import generate
+from vigil.detection.baseline import SeasonalBaseline
+from vigil_dev.synthetic import generate
 
 
 def _split(s, days_train):
@@ -121,7 +121,7 @@ def test_one_huge_spike_is_one_short_episode():
     """A burst far outside the band is one short episode; the hour after it is not anomalous."""
     import numpy as np
 
-    from vigil.baseline import SeasonalBaseline
+    from vigil.detection.baseline import SeasonalBaseline
 
     rng = np.random.default_rng(7)
     step_ms = 30_000

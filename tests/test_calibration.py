@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.calibration import false_alarm_rate, pot_threshold
-from vigil.detectors import fit_detector
-from vigil.synthetic import generate
+from vigil.detection.calibration import false_alarm_rate, pot_threshold
+from vigil.detection.detectors import fit_detector
+from vigil_dev.synthetic import generate
 
 
 def test_sensitivity_words_mean_alarms_per_series_per_month_week_day():
@@ -61,7 +61,7 @@ def test_one_threshold_means_the_same_at_any_scale():
 
 
 def test_the_out_of_sample_factor_grows_with_the_return_period():
-    from vigil.calibration import episodes_per_day, out_of_sample_factor
+    from vigil.detection.calibration import episodes_per_day, out_of_sample_factor
 
     high, medium, low = (out_of_sample_factor(episodes_per_day(s)) for s in ("high", "medium", "low"))
     assert abs(medium - 1.68) < 1e-9

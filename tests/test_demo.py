@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from realstack import free_port, require_binary, wait_for
-from vigil.demo import KINDS, METRICS, ErrorCounter, Workload
+from vigil_dev.demo import KINDS, METRICS, ErrorCounter, Workload
 
 REPO = Path(__file__).resolve().parent.parent
 VIGIL = Path(sys.executable).parent / "vigil"

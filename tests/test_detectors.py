@@ -7,10 +7,10 @@ import pytest
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
-from vigil.detectors import DEFAULT_MODEL, fit_detector, is_learned, make_detector
-from vigil.learned import _VectorisedForest
-from vigil.replay import replay
-from vigil.synthetic import generate
+from vigil.detection.detectors import DEFAULT_MODEL, fit_detector, is_learned, make_detector
+from vigil.detection.learned import _VectorisedForest
+from vigil.pipeline.replay import replay
+from vigil_dev.synthetic import generate
 
 MODELS = ["seasonal", "iforest", "ocsvm"]
 

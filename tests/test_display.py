@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from vigil.alerts import describe
-from vigil.annotations import annotation_text
-from vigil.audit import StoredEpisode
+from vigil.sinks.alerts import describe
+from vigil.sinks.annotations import annotation_text
+from vigil.store.audit import StoredEpisode
 from vigil.display import format_instant, format_span, format_value
 
 NOW_MS = int(time.time() * 1000)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vigil.config import check_config
-from vigil.presets import PRESETS
+from vigil.sources.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

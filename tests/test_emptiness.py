@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vigil.emptiness import why_empty
+from vigil.sources.emptiness import why_empty
 from vigil.errors import UpstreamUnavailable
 
 START_MS, END_MS = 1_704_067_200_000, 1_704_070_800_000

@@ -14,10 +14,10 @@ import pytest
 from fakesource import FakeSource, synthetic_series
 from realstack import wait_for
 from vigil.config import Settings
-from vigil.frames import to_dataframes
+from vigil.pipeline.frames import to_dataframes
 from vigil.http.app import create_app
 from vigil.http.encoding import accepts_gzip
-from vigil.pipeline import Detection, Query
+from vigil.pipeline.core import Detection, Query
 
 STEP_MS = 60_000
 

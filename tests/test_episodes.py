@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.baseline import Scores
-from vigil.episodes import Hysteresis, find_episodes, quiet_points_for
+from vigil.detection.baseline import Scores
+from vigil.detection.episodes import Hysteresis, find_episodes, quiet_points_for
 
 
 def _scores(a):

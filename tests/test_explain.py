@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.baseline import SeasonalBaseline
-from vigil.episodes import Episode
-from vigil.explain import compare, explain, format_value
-from vigil.synthetic import generate
+from vigil.detection.baseline import SeasonalBaseline
+from vigil.detection.episodes import Episode
+from vigil.detection.explain import compare, explain, format_value
+from vigil_dev.synthetic import generate
 
 
 def test_reason_names_series_value_expectation_ratio_moment_range_and_model():

@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 
-from vigil.baseline import Scores
-from vigil.episodes import Episode
-from vigil.frames import json_values, to_annotation_frames, to_dataframes, to_rows
-from vigil.pipeline import DetectionResult, ScoredSeries
+from vigil.detection.baseline import Scores
+from vigil.detection.episodes import Episode
+from vigil.pipeline.frames import json_values, to_annotation_frames, to_dataframes, to_rows
+from vigil.pipeline.core import DetectionResult, ScoredSeries
 
 
 def scored(labels, values, flags, score=None, name="s"):

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from vigil.cli import main
-from vigil.grafana_ml import API_PREFIX
+from vigil.worker.grafana_ml import API_PREFIX
 
 TOKEN = "glsa_test_token"
 REQUIRED = ("name", "metric", "datasourceUid", "datasourceType", "queryParams", "interval", "trainingWindow",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.detectors import DEFAULT_MODEL
+from vigil.detection.detectors import DEFAULT_MODEL
 
 from grafana_bodies import infinity_body, simpod_query
-from vigil.grouping import MAX_GROUP_SERIES, member_names
+from vigil.pipeline.grouping import MAX_GROUP_SERIES, member_names
 
 pytestmark = pytest.mark.real
 
@@ -236,8 +236,8 @@ def test_a_contributions_only_panel_gets_one_frame_per_group(gclient, grouped_pr
 def test_the_pipeline_refuses_a_group_by_that_is_not_label_names(grouped_prometheus):
     from vigil.config import Settings
     from vigil.errors import BadRequest
-    from vigil.pipeline import Detection, Query
-    from vigil.prometheus import PrometheusClient
+    from vigil.pipeline.core import Detection, Query
+    from vigil.sources.prometheus import PrometheusClient
 
     settings = Settings().replace(prometheus={"url": grouped_prometheus.url})
     detection = Detection(settings, PrometheusClient.from_settings(settings.prometheus))

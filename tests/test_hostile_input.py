@@ -23,7 +23,7 @@ from vigil.config import Settings
 from vigil.errors import BadRequest, Overloaded, UpstreamTimeout
 from vigil.http.app import create_app
 from vigil.logs import JsonFormatter
-from vigil.prometheus import PrometheusClient
+from vigil.sources.prometheus import PrometheusClient
 from vigil.units import parse_duration_s, parse_instant_ms
 
 pytestmark = pytest.mark.real
@@ -410,7 +410,7 @@ def served_plain(seeded_prometheus, tmp_path):
 
 def test_worker_port_is_loopback_by_default_and_its_audit_needs_the_token():
     """Was: 0.0.0.0 and /api/v1/audit without a token even when server.token was set."""
-    from vigil.worker_metrics import MetricsServer, WorkerMetrics
+    from vigil.worker.metrics import MetricsServer, WorkerMetrics
 
     assert Settings().worker.metrics_host == "127.0.0.1"
     server = MetricsServer(WorkerMetrics(), host="127.0.0.1", port=0, store=None, token="w0rker-t0ken").start()

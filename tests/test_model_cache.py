@@ -1,6 +1,6 @@
 import numpy as np
 
-from vigil.model_cache import ModelCache, approx_nbytes
+from vigil.pipeline.model_cache import ModelCache, approx_nbytes
 
 
 class Model:
@@ -38,7 +38,7 @@ def test_the_worker_keeps_its_own_larger_cache():
     # worker's 768 MiB cache for the service's 192 MiB one, and past ~500 series every warm run
     # refitted the models that had been evicted (600 series: 22 s a run instead of 1.3 s).
     from vigil.config import Settings
-    from vigil.worker import _make_detection
+    from vigil.worker.runner import _make_detection
 
     settings = Settings().replace(prometheus={"url": "http://127.0.0.1:9"}, worker={"cache_max_mb": 900})
     detection = _make_detection(settings)

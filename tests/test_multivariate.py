@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.multivariate import GroupDetector, fit_group, group_episodes
-from vigil.synthetic import generate
+from vigil.detection.multivariate import GroupDetector, fit_group, group_episodes
+from vigil_dev.synthetic import generate
 
 
 def _node(days=8, seed=0):

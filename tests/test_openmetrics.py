@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from realstack import PROMTOOL, require_binary
-from vigil.openmetrics import escape_label_value, format_value, to_openmetrics
+from vigil_dev.openmetrics import escape_label_value, format_value, to_openmetrics
 
 
 def test_format_of_one_family():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.audit import AuditStore
+from vigil.store.audit import AuditStore
 from vigil.errors import DeliveryTimeout
-from vigil.outbox import Outbox, backoff_s
-from vigil.sinks import Delivered
+from vigil.worker.outbox import Outbox, backoff_s
+from vigil.sinks.base import Delivered
 
 NOW_MS = 1_735_711_200_000
 

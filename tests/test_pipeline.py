@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vigil.config import ExcludeWindow
-from vigil.pipeline import Detection, Query
-from vigil.prometheus import PrometheusClient
+from vigil.pipeline.core import Detection, Query
+from vigil.sources.prometheus import PrometheusClient
 
 pytestmark = pytest.mark.real
 

@@ -16,11 +16,11 @@ import pytest
 from fakesource import FakeSource, synthetic_series
 from realstack import wait_for
 from vigil.config import Settings
-from vigil.detectors import CONTEXT_S
+from vigil.detection.detectors import CONTEXT_S
 from vigil.errors import BadRequest
-from vigil.model_store import FitState, ModelKey, ModelStore, TrainingPlan
-from vigil.model_cache import ModelCache
-from vigil.pipeline import Detection, Query, build_query
+from vigil.pipeline.model_store import FitState, ModelKey, ModelStore, TrainingPlan
+from vigil.pipeline.model_cache import ModelCache
+from vigil.pipeline.core import Detection, Query, build_query
 
 N_SERIES = 6
 STEP_MS = 60_000

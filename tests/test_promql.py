@@ -1,6 +1,6 @@
 import pytest
 
-from vigil.promql import balance_problem, inject_matchers, metric_names
+from vigil.sources.promql import balance_problem, inject_matchers, metric_names
 
 M = [("job", "=", "api")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.promql_functions import FUNCTIONS, AnomalyCall, mentions_anomaly_function, parse_anomaly_call
+from vigil.pipeline.promql_functions import FUNCTIONS, AnomalyCall, mentions_anomaly_function, parse_anomaly_call
 
 
 @pytest.mark.parametrize("text", [

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vigil.baseline import MAX_SCORE
-from vigil.replay import replay
+from vigil.detection.baseline import MAX_SCORE
+from vigil.pipeline.replay import replay
 from vigil.units import MinDeviation
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from vigil.cli import main
-from vigil.replay import read_csv, replay
-from vigil.synthetic import generate
+from vigil.pipeline.replay import read_csv, replay
+from vigil_dev.synthetic import generate
 
 
 def _write(path, times, values, *, iso=False):
@@ -147,7 +147,7 @@ def test_every_episode_in_the_summary_is_dated(tmp_path, capsys):
 
 
 def test_library_warnings_stay_off_stderr(tmp_path, monkeypatch):
-    import vigil.replay as replay_module
+    import vigil.pipeline.replay as replay_module
 
     real_fit = replay_module.fit_detector
 
@@ -169,7 +169,7 @@ def test_the_plot_names_its_lines_shows_the_unit_and_no_band_below_zero(tmp_path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vigil.replay import figure
+    from vigil.pipeline.replay import figure
 
     src = tmp_path / "cpu.csv"
     _write_with_bad_values(src, {})

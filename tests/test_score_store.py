@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vigil.baseline import Scores
-from vigil.score_store import ScoreStore
+from vigil.detection.baseline import Scores
+from vigil.pipeline.score_store import ScoreStore
 
 STEP_MS = 60_000
 CONTEXT_MS = 10 * STEP_MS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.synthetic import DEFAULT_START_MS, KINDS, SHAPES, LabelledSeries, corpus, generate
+from vigil_dev.synthetic import DEFAULT_START_MS, KINDS, SHAPES, LabelledSeries, corpus, generate
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from vigil.config import Settings
 from vigil.http.app import create_app
-from vigil.telemetry import ServiceMetrics
+from vigil.http.telemetry import ServiceMetrics
 
 UNREACHABLE = Settings().replace(prometheus={"url": "http://127.0.0.1:9", "retries": 0, "request_timeout_s": 0.5})
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from fakesource import FakeSource
 from vigil.series import Series
-from vigil.view_cache import ViewCache
+from vigil.pipeline.view_cache import ViewCache
 
 STEP_MS = 60_000
 

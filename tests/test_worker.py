@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from grafana_recorder import GrafanaRecorder
-from vigil.annotations import GrafanaSink
+from vigil.sinks.annotations import GrafanaSink
 from vigil.config import GrafanaSettings, Secret, load_settings
-from vigil.detectors import Scores
-from vigil.episodes import Episode
+from vigil.detection.detectors import Scores
+from vigil.detection.episodes import Episode
 from vigil.errors import UpstreamUnavailable
-from vigil.pipeline import DetectionResult, ScoredSeries
-from vigil.sinks import Delivered
-from vigil.worker import Worker, in_shard
-from vigil.worker_metrics import MetricsServer
+from vigil.pipeline.core import DetectionResult, ScoredSeries
+from vigil.sinks.base import Delivered
+from vigil.worker.runner import Worker, in_shard
+from vigil.worker.metrics import MetricsServer
 
 T0 = 1_735_711_200_000
 STEP_MS = 60_000

@@ -28,8 +28,8 @@ import yaml
 
 from grafana_recorder import GrafanaRecorder
 from realstack import wait_for
-from vigil.audit import AuditStore
-from vigil.openmetrics import to_openmetrics
+from vigil.store.audit import AuditStore
+from vigil_dev.openmetrics import to_openmetrics
 
 TOKEN = "glsa_fault_test_token"
 METRIC = "vigil_fault_value"

@@ -7,7 +7,7 @@ import pytest
 
 from grafana_recorder import GrafanaRecorder
 from vigil.config import ConfigError, load_settings
-from vigil.worker import Worker
+from vigil.worker.runner import Worker
 
 pytestmark = pytest.mark.real
 

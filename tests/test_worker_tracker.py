@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vigil.audit import AuditStore
-from vigil.episodes import Episode
-from vigil.tracker import ObservedSeries, track
+from vigil.store.audit import AuditStore
+from vigil.detection.episodes import Episode
+from vigil.worker.tracker import ObservedSeries, track
 
 STEP_MS = 60_000
 T0 = 1_735_711_200_000

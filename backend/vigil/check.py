@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import check_config
+from vigil.config import check_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

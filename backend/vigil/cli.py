@@ -14,19 +14,19 @@ import sys
 from types import ModuleType
 from typing import Sequence
 
-from . import __version__
+from vigil import __version__
 
 __all__ = ["main", "COMMANDS"]
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("vigil.serve", "run the Grafana datasource service under gunicorn"),
-    "worker": ("vigil.worker", "watch the configured jobs: audit, Grafana annotations, Alertmanager alerts"),
+    "serve": ("vigil.http.serve", "run the Grafana datasource service under gunicorn"),
+    "worker": ("vigil.worker.runner", "watch the configured jobs: audit, Grafana annotations, Alertmanager alerts"),
     "check-config": ("vigil.check", "report every problem in a configuration file"),
-    "detect": ("vigil.replay", "score CSV files offline, exactly as the worker would have (a backtest)"),
-    "audit": ("vigil.audit_cli", "list the recorded anomaly episodes and their deliveries"),
-    "ml-sync": ("vigil.grafana_ml", "create or update Grafana Machine Learning forecast jobs for the configured queries"),
-    "demo-workload": ("vigil.demo", "serve demo metrics with anomalies injected on a schedule"),
+    "detect": ("vigil.pipeline.replay", "score CSV files offline, exactly as the worker would have (a backtest)"),
+    "audit": ("vigil.store.audit_cli", "list the recorded anomaly episodes and their deliveries"),
+    "ml-sync": ("vigil.worker.grafana_ml", "create or update Grafana Machine Learning forecast jobs for the configured queries"),
+    "demo-workload": ("vigil_dev.demo", "serve demo metrics with anomalies injected on a schedule"),
 }
 
 

@@ -28,8 +28,8 @@ from typing import Annotated, Any, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from . import config_rules as rules
-from .config_rules import LABEL_NAME, MODELS, SENSITIVITIES, ConfigError, Secret
+from vigil import config_rules as rules
+from vigil.config_rules import LABEL_NAME, MODELS, SENSITIVITIES, ConfigError, Secret
 
 __all__ = [
     "ConfigError",

@@ -20,11 +20,11 @@ from typing import Any, Mapping
 from pydantic import BaseModel
 from pydantic_core import core_schema
 
-from .promql import balance_problem
-from .units import format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
+from vigil.sources.promql import balance_problem
+from vigil.units import format_duration, parse_duration_s, parse_instant_ms, parse_min_deviation
 
 if typing.TYPE_CHECKING:
-    from .config import Settings
+    from vigil.config import Settings
 
 #: Detector aliases a configuration or a request may name (see ``vigil.detectors``).
 MODELS = ("auto", "seasonal", "iforest", "ocsvm")

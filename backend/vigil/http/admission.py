@@ -19,9 +19,9 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from ..config import Settings
-from ..errors import Overloaded, UpstreamTimeout
-from ..telemetry import ServiceMetrics
+from vigil.config import Settings
+from vigil.errors import Overloaded, UpstreamTimeout
+from vigil.http.telemetry import ServiceMetrics
 
 __all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT"]
 

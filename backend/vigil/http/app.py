@@ -13,19 +13,19 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..config import Settings
-from ..errors import Overloaded, VigilError
-from ..logs import request_id_var
-from ..model_cache import ModelCache
-from ..pipeline import Detection
-from ..prometheus import LokiClient, PrometheusClient
-from ..telemetry import ServiceMetrics, multiprocess_dir
-from .admission import register_admission
-from .encoding import OrjsonProvider, register_compression
-from .health import health_blueprint
-from .infinity import infinity_blueprint
-from .json_datasource import json_datasource_blueprint
-from .prometheus_api import prometheus_api_blueprint
+from vigil.config import Settings
+from vigil.errors import Overloaded, VigilError
+from vigil.logs import request_id_var
+from vigil.pipeline.model_cache import ModelCache
+from vigil.pipeline.core import Detection
+from vigil.sources.prometheus import LokiClient, PrometheusClient
+from vigil.http.telemetry import ServiceMetrics, multiprocess_dir
+from vigil.http.admission import register_admission
+from vigil.http.encoding import OrjsonProvider, register_compression
+from vigil.http.health import health_blueprint
+from vigil.http.infinity import infinity_blueprint
+from vigil.http.json_datasource import json_datasource_blueprint
+from vigil.http.prometheus_api import prometheus_api_blueprint
 
 __all__ = ["create_app"]
 

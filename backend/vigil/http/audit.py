@@ -13,11 +13,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from ..audit import audit_rows, open_for_reading
-from ..config import Settings
-from ..errors import BadRequest
-from .auth import require_token
-from .body import check_json, read_json
+from vigil.store.audit import audit_rows, open_for_reading
+from vigil.config import Settings
+from vigil.errors import BadRequest
+from vigil.http.auth import require_token
+from vigil.http.body import check_json, read_json
 
 __all__ = ["audit_blueprint"]
 

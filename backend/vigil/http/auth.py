@@ -6,7 +6,7 @@ import hmac
 
 from flask import request
 
-from ..errors import Unauthorized
+from vigil.errors import Unauthorized
 
 __all__ = ["require_token"]
 

@@ -18,10 +18,10 @@ from typing import Any, Iterable, Mapping
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
-from ..errors import BadRequest
-from ..frames import FIELDS
-from ..units import MinDeviation, parse_duration_s, parse_min_deviation
+from vigil.config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
+from vigil.errors import BadRequest
+from vigil.pipeline.frames import FIELDS
+from vigil.units import MinDeviation, parse_duration_s, parse_min_deviation
 
 __all__ = ["read_json", "reject_unknown", "DetectionOptions", "detection_options", "as_bool", "excerpt",
            "check_json", "text_field", "label_name"]

@@ -13,9 +13,9 @@ import threading
 import requests
 from flask import Blueprint, Response, current_app, jsonify
 
-from ..config import Settings
-from ..errors import UpstreamUnavailable
-from ..telemetry import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil.config import Settings
+from vigil.errors import UpstreamUnavailable
+from vigil.http.telemetry import CONTENT_TYPE_LATEST, ServiceMetrics
 
 __all__ = ["health_blueprint", "READY_TIMEOUT_S"]
 

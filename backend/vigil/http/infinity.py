@@ -14,14 +14,14 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..config import Settings
-from ..errors import BadRequest
-from ..frames import to_rows
-from ..pipeline import Query
-from ..units import ms_to_s, parse_duration_s, parse_time_ms, query_step_s
-from .admission import remaining_s
-from .auth import require_token
-from .body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown
+from vigil.config import Settings
+from vigil.errors import BadRequest
+from vigil.pipeline.frames import to_rows
+from vigil.pipeline.core import Query
+from vigil.units import ms_to_s, parse_duration_s, parse_time_ms, query_step_s
+from vigil.http.admission import remaining_s
+from vigil.http.auth import require_token
+from vigil.http.body import OPTION_KEYS, as_bool, check_json, detection_options, excerpt, read_json, reject_unknown
 
 __all__ = ["infinity_blueprint", "NOTICE_HEADER"]
 

@@ -13,15 +13,15 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from ..config import MODELS, Settings
-from ..errors import BadRequest, VigilError
-from ..frames import FIELDS, to_annotation_frames, to_dataframes
-from ..pipeline import Detection, Query
-from ..presets import PRESETS, resolve
-from ..units import ms_to_s, parse_instant_ms, parse_time_ms, query_step_s
-from .admission import remaining_s
-from .auth import require_token
-from .body import OPTION_KEYS, as_bool, detection_options, excerpt, label_name, read_json, reject_unknown, text_field
+from vigil.config import MODELS, Settings
+from vigil.errors import BadRequest, VigilError
+from vigil.pipeline.frames import FIELDS, to_annotation_frames, to_dataframes
+from vigil.pipeline.core import Detection, Query
+from vigil.sources.presets import PRESETS, resolve
+from vigil.units import ms_to_s, parse_instant_ms, parse_time_ms, query_step_s
+from vigil.http.admission import remaining_s
+from vigil.http.auth import require_token
+from vigil.http.body import OPTION_KEYS, as_bool, detection_options, excerpt, label_name, read_json, reject_unknown, text_field
 
 __all__ = ["json_datasource_blueprint"]
 

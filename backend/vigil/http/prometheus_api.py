@@ -26,16 +26,16 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..config import LABEL_NAME, Settings
-from ..errors import (BadRequest, NotFound, Overloaded, QueryError, Unauthorized, UpstreamError, UpstreamTimeout,
+from vigil.config import LABEL_NAME, Settings
+from vigil.errors import (BadRequest, NotFound, Overloaded, QueryError, Unauthorized, UpstreamError, UpstreamTimeout,
                       VigilError)
-from ..passthrough import forward
-from ..pipeline import Detection, DetectionResult, Query, ScoredSeries
-from ..promql import match_all_selector
-from ..promql_functions import OPTION_NAMES, AnomalyCall, parse_anomaly_call
-from ..units import MAX_INSTANT_MS, parse_duration_s, parse_instant_ms
-from .auth import require_token
-from .body import detection_options, excerpt
+from vigil.sources.passthrough import forward
+from vigil.pipeline.core import Detection, DetectionResult, Query, ScoredSeries
+from vigil.sources.promql import match_all_selector
+from vigil.pipeline.promql_functions import OPTION_NAMES, AnomalyCall, parse_anomaly_call
+from vigil.units import MAX_INSTANT_MS, parse_duration_s, parse_instant_ms
+from vigil.http.auth import require_token
+from vigil.http.body import detection_options, excerpt
 
 __all__ = ["prometheus_api_blueprint", "INSTANT_STEP_S", "INSTANT_VIEW_S", "LOOKBACK_S"]
 
@@ -388,7 +388,7 @@ def _envelope_error(exc: VigilError, status: int | None = None):
     level = logging.WARNING if http_status < 500 else logging.ERROR
     log.log(level, "request failed", extra={"error": exc.code, "reason": exc.message,
                                             "path": excerpt(request.path, 200, quote=False)})
-    from .app import _bounded  # one bound for every error message (app.py imports this module)
+    from vigil.http.app import _bounded  # one bound for every error message (app.py imports this module)
 
     body = {"status": "error", "errorType": error_type, "error": _bounded(exc.message)}
     response = jsonify(body)

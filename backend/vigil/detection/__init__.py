@@ -1,0 +1,1 @@
+"""Detection: the models (seasonal baseline, Isolation Forest, One-Class SVM, groups), their calibration, episodes and the reasons given for them. Pure functions of arrays and fitted models; no I/O."""

@@ -1,0 +1,1 @@
+"""Where anomalies go: Alertmanager alerts and Grafana annotations (the Sink protocol and its implementations)."""
