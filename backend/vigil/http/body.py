@@ -18,9 +18,10 @@ from typing import Any, Iterable, Mapping
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from vigil.config import LABEL_NAME, MODELS, SENSITIVITIES, Settings
+from vigil.config import LABEL_NAME, Settings
 from vigil.errors import BadRequest
 from vigil.pipeline.frames import FIELDS
+from vigil.pipeline.query import check_model, check_sensitivity
 from vigil.units import MinDeviation, parse_duration_s, parse_min_deviation
 
 __all__ = ["read_json", "reject_unknown", "DetectionOptions", "detection_options", "as_bool", "excerpt",
@@ -190,13 +191,9 @@ def detection_options(obj: Mapping[str, Any], settings: Settings, where: str, *,
     message names a field (``payload.`` for simPod)."""
     det = settings.detection
     model = obj.get("model") or det.model
-    if not isinstance(model, str) or model not in MODELS:
-        raise BadRequest(f"{where}: model must be one of {', '.join(MODELS)}; got {excerpt(model)}",
-                         code="unknown_model")
+    model = check_model(model, where, excerpt(model))
     sensitivity = obj.get("sensitivity") or det.sensitivity
-    if not isinstance(sensitivity, str) or sensitivity not in SENSITIVITIES:
-        raise BadRequest(f"{where}: sensitivity must be one of {', '.join(SENSITIVITIES)}; got {excerpt(sensitivity)}",
-                         code="bad_sensitivity")
+    sensitivity = check_sensitivity(sensitivity, where, excerpt(sensitivity))
     train_window = obj.get("train_window")
     try:
         train_window_s = parse_duration_s(train_window) if train_window not in (None, "") else det.train_window_s

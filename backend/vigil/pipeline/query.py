@@ -56,16 +56,28 @@ def query_where(query: Query) -> str:
     return f"refId {query.ref_id} (query {query.expr!r})" if query.ref_id else f"query {query.expr!r}"
 
 
+def check_model(value: object, where: str, shown: str | None = None) -> str:
+    """``value`` if it names a model, else BadRequest (``shown``: how to quote a bad value)."""
+    if not isinstance(value, str) or value not in MODELS:
+        raise BadRequest(f"{where}: model must be one of {', '.join(MODELS)}; got {shown or repr(value)}",
+                         code="unknown_model")
+    return value
+
+
+def check_sensitivity(value: object, where: str, shown: str | None = None) -> str:
+    """``value`` if it is a sensitivity word, else BadRequest."""
+    if not isinstance(value, str) or value not in SENSITIVITIES:
+        raise BadRequest(f"{where}: sensitivity must be one of {', '.join(SENSITIVITIES)}; got {shown or repr(value)}",
+                         code="bad_sensitivity")
+    return value
+
+
 def validate_query(query: Query, settings: Settings, where: str | None = None) -> Query:
     """``query`` if it can be scored, else BadRequest naming what is wrong (the one check every
     caller's query goes through: panels, Infinity, /prometheus, the worker, ``build_query``)."""
     where = where or query_where(query)
-    if query.model not in MODELS:
-        raise BadRequest(f"{where}: model must be one of {', '.join(MODELS)}; got {query.model!r}",
-                         code="unknown_model")
-    if query.sensitivity not in SENSITIVITIES:
-        raise BadRequest(f"{where}: sensitivity must be one of {', '.join(SENSITIVITIES)}; "
-                         f"got {query.sensitivity!r}", code="bad_sensitivity")
+    check_model(query.model, where)
+    check_sensitivity(query.sensitivity, where)
     if not query.expr.strip():
         raise BadRequest(f"refId {query.ref_id}: the query is empty: name a preset or write PromQL",
                          code="empty_query")
