@@ -18,8 +18,8 @@ series with no noise).
   happens every day, a daily job included, cannot cross);
 - a sustained deviation: the median deviation over the last hour beyond 70 % of the band (a
   moderate level shift that the band alone misses). Its points may lie inside the drawn band;
-  the explanation says "sustained". Measured on the real corpora it adds about 0.1 false alarm
-  per series per week (a mean over the last hour against the band doubled them: real series
+  the reason says "flagged for its recent pattern (a sustained shift, ...)". Measured on the
+  real corpora it adds about 0.1 false alarm per series per week (a mean over the last hour against the band doubled them: real series
   wander for hours, but rarely sit beyond most of the band for an hour);
 - a stuck value: a run of one exact value much longer than the series' days ever hold.
 
