@@ -191,3 +191,16 @@ def test_a_score_looks_back_its_context_and_no_further():
     full = model.score(s.times_ms[n:n + 2000], s.values[n:n + 2000]).anomaly_score
     tail = model.score(s.times_ms[n + 1000 - k:n + 2000], s.values[n + 1000 - k:n + 2000]).anomaly_score
     np.testing.assert_allclose(tail[k:], full[1000:], rtol=1e-12)
+
+
+def test_the_sustained_statistic_is_exact_for_an_hour_at_60_s_and_bounded_at_1_s():
+    from vigil.detection.robust import sustained
+
+    rng = np.random.default_rng(5)
+    u = rng.normal(0.5, 0.4, 5000)
+    exact = np.abs(np.median(np.lib.stride_tricks.sliding_window_view(u, 60), axis=1)) / 0.7
+    np.testing.assert_allclose(sustained(u, 60, 0.7)[59:], exact)  # up to 64 points: every point
+    assert np.all(sustained(u, 60, 0.7)[:59] == 0)
+    # An hour at 1 s steps: 3600-point windows sampled at 64 points, not 3600 x n floats.
+    fine = sustained(np.full(20_000, 0.8), 3600, 0.7)
+    assert np.all(fine[3599:] > 1.0) and np.all(fine[:3599] == 0)

@@ -15,16 +15,19 @@ _MAD_TO_SIGMA = 1.4826
 __all__ = ["sustained", "trailing_mean", "trailing_median", "common", "quantum", "run_durations_ms", "finite", "robust_scale", "spread_of", "covers_day", "bin_medians", "group_medians", "loo_median_shift", "group_robust_scale", "fill_and_smooth", "weekday"]
 
 
-def sustained(u: np.ndarray, k: int, fraction: float) -> np.ndarray:
+def sustained(u: np.ndarray, k: int, fraction: float, samples: int = 64) -> np.ndarray:
     """Per point: the median deviation (in band half-widths, signed) over it and the ``k - 1``
     points before it, over ``fraction``, as a magnitude; 0 for the first ``k - 1`` points. It
     reaches 1 when most of the last ``k`` points sit beyond ``fraction`` of the band on one side
-    (a gap counts as a point at ``yhat``)."""
+    (a gap counts as a point at ``yhat``). Bounded work: windows longer than ``samples`` points
+    (an hour at 1 s steps) are sampled evenly, and rows are taken in chunks."""
     out = np.zeros(u.size)
     if u.size < k:
         return out
-    windows = np.lib.stride_tricks.sliding_window_view(np.nan_to_num(u, nan=0.0), k)
-    out[k - 1:] = np.abs(np.median(windows, axis=1)) / fraction
+    stride = max(1, int(math.ceil(k / samples)))
+    windows = np.lib.stride_tricks.sliding_window_view(np.nan_to_num(u, nan=0.0), k)[:, ::-1][:, ::stride]
+    for lo in range(0, windows.shape[0], 16384):
+        out[k - 1 + lo:k - 1 + lo + 16384] = np.abs(np.median(windows[lo:lo + 16384], axis=1)) / fraction
     return out
 
 
