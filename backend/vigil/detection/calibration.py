@@ -30,24 +30,23 @@ SECONDS_PER_WEEK = 7 * 86400.0
 _MIN_SHAPE, _MAX_SHAPE = 0.0, 0.5
 
 
-def false_alarm_rate(sensitivity: str, step_s: float) -> float:
-    """Per-point rate for a sensitivity word: ``medium`` aims at one false alarm per series per week."""
+def _per_week(sensitivity: str) -> float:
     try:
-        per_week = SENSITIVITIES[sensitivity]
+        return SENSITIVITIES[sensitivity]
     except KeyError:
         raise ValueError(f"The 'sensitivity' parameter must be one of {', '.join(SENSITIVITIES)}. "
                          f"Got {sensitivity!r} instead.") from None
-    return min(0.05, per_week * max(step_s, 1.0) / SECONDS_PER_WEEK)
+
+
+def false_alarm_rate(sensitivity: str, step_s: float) -> float:
+    """Per-point rate for a sensitivity word: ``medium`` aims at one false alarm per series per week."""
+    return min(0.05, _per_week(sensitivity) * max(step_s, 1.0) / SECONDS_PER_WEEK)
 
 
 def episodes_per_day(sensitivity: str) -> float:
     """False-alarm episodes per series per day a sensitivity word aims at (low/medium/high:
     about one a month, a week, a day)."""
-    try:
-        return SENSITIVITIES[sensitivity] / 7.0
-    except KeyError:
-        raise ValueError(f"The 'sensitivity' parameter must be one of {', '.join(SENSITIVITIES)}. "
-                         f"Got {sensitivity!r} instead.") from None
+    return _per_week(sensitivity) / 7.0
 
 
 DAY_MS = 86_400_000
