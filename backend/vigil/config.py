@@ -115,6 +115,9 @@ class ServerSettings(_Section):
                                                "4, at most threads / 2); up to threads - max_inflight - 1 more wait "
                                                "(queue_wait), so a thread is always free for /healthz and /readyz; "
                                                "the rest get 429 at once")
+    reserved_light_slots: Integer = _f(1, "of the max_inflight slots, how many never train models (fetch training "
+                                          "history and fit), so refreshes of panels whose models are stored "
+                                          "never wait behind cold starts; 0 lets training take every slot")
     queue_wait_s: Duration = _f(5.0, "longest wait for a scoring slot (taken from the deadline)", key="queue_wait")
     retry_after_s: Duration = _f(2.0, "the Retry-After sent with a 429", key="retry_after")
 

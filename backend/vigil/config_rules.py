@@ -391,6 +391,8 @@ def cross_field_problems(s: "Settings", kept_jobs: list[int], source: str) -> li
     if s.server.max_inflight is not None and s.server.max_inflight >= s.server.threads:
         problem("server.max_inflight", f"below server.threads ({s.server.threads}) so that health probes "
                 "always find a free thread", s.server.max_inflight)
+    if s.server.reserved_light_slots < 0:
+        problem("server.reserved_light_slots", "0 or more", s.server.reserved_light_slots)
     if not 0 <= s.worker.shard_index < max(s.worker.shard_count, 1) or s.worker.shard_count < 1:
         problem("worker.shard_index", f"in [0, shard_count={s.worker.shard_count})", s.worker.shard_index)
     seen: set[str] = set()

@@ -8,22 +8,29 @@ at most ``server.queue_wait`` each; anything beyond is answered 429 with ``Retry
 So at least one thread is always free for ``/healthz``, ``/readyz`` and the cheap routes in
 ``UNMETERED``, which never take a slot, and nothing queues past Grafana's 30 s proxy timeout:
 the time spent waiting is taken from the request's deadline (``remaining_s``).
+
+Training (fetching weeks of history and fitting) may hold at most ``max_inflight -
+server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`): a request that finds it
+must train calls ``heavy_work()`` (the pipeline does, through its ``heavy_work`` hook), so cold
+panels never stall the refreshes of panels whose models are stored.
 Must not: know what a request does beyond its path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time as _clock
-from typing import Any
+from typing import Any, Iterator
 
-from flask import Flask, g, request
+from flask import Flask, g, has_request_context, request
 
 from vigil.config import Settings
 from vigil.errors import Overloaded, UpstreamTimeout
 from vigil.http.telemetry import ServiceMetrics
+from vigil.slots import Slots, SlotTimeout
 
-__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT"]
+__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots"]
 
 #: requests scored at once by default (``server.max_inflight``)
 DEFAULT_INFLIGHT = 4
@@ -41,17 +48,21 @@ def slot_counts(settings: Settings) -> tuple[int, int]:
     return inflight, max(0, threads - inflight - 1)
 
 
-def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics) -> None:
-    inflight, queue = slot_counts(settings)
-    slots = threading.BoundedSemaphore(inflight)
-    lock = threading.Lock()
-    waiting = [0]
+def make_slots(settings: Settings) -> Slots:
+    """One process's slots: ``server.reserved_light_slots`` of them never train (none when the
+    process scores one request at a time)."""
+    inflight, _queue = slot_counts(settings)
+    return Slots(inflight, max(1, inflight - settings.server.reserved_light_slots))
 
-    def shed() -> Overloaded:
+
+def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, slots: Slots) -> None:
+    inflight, queue = slot_counts(settings)
+    training = threading.local()
+
+    def shed(why: str) -> Overloaded:
         metrics.http_shed.inc()
-        return Overloaded(f"{request.method} {request.path[:80]}: this process is already scoring {inflight} "
-                          f"requests with {queue} waiting (server.max_inflight, server.threads); retry in "
-                          f"{settings.server.retry_after_s:g}s", code="overloaded",
+        return Overloaded(f"{request.method} {request.path[:80]}: {why} (server.max_inflight {inflight}, "
+                          f"server.threads); retry in {settings.server.retry_after_s:g}s", code="overloaded",
                           retry_after_s=settings.server.retry_after_s)
 
     @app.before_request
@@ -59,24 +70,49 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics) 
         g.deadline = _clock.monotonic() + settings.server.request_timeout_s
         if request.path in UNMETERED or request.url_rule is None:
             return
-        if not slots.acquire(blocking=False):
-            with lock:
-                if waiting[0] >= queue:
-                    raise shed()
-                waiting[0] += 1
-            try:
-                admitted = slots.acquire(timeout=settings.server.queue_wait_s)
-            finally:
-                with lock:
-                    waiting[0] -= 1
-            if not admitted:
-                raise shed()
+        if slots.acquire(0):
+            g.admitted = True
+            return
+        if slots.waiting >= queue:
+            raise shed(f"this process is scoring {slots.running} requests and {slots.waiting} more wait")
+        if not slots.acquire(settings.server.queue_wait_s):
+            raise shed(f"no scoring slot of this process freed within {settings.server.queue_wait_s:g}s")
         g.admitted = True
 
     @app.teardown_request
     def release(_exc: Any) -> None:
         if g.pop("admitted", False):
             slots.release()
+
+    @contextlib.contextmanager
+    def heavy_work() -> Iterator[None]:
+        """Held while a query trains: a request's slot becomes one of the training shares (waiting
+        for one, at most ``queue_wait`` and within its deadline, with its slot given back); outside
+        a request (background fits) a slot and a share are taken and given back."""
+        if getattr(training, "held", False):  # nested (a group's members): one share
+            yield
+            return
+        holding = bool(g.get("admitted", False)) if has_request_context() else False
+        timeout_s = (min(settings.server.queue_wait_s, remaining_s("training")) if has_request_context()
+                     else None)
+        try:
+            with slots.heavy(holding=holding, timeout_s=timeout_s):
+                training.held = True
+                try:
+                    yield
+                finally:
+                    training.held = False
+        except SlotTimeout:
+            if holding:
+                g.admitted = False  # the slot was given back while waiting
+            metrics.http_shed.inc()
+            raise Overloaded(f"{request.method} {request.path[:80]}: {inflight - slots.heavy_max} of this "
+                             f"process's {inflight} scoring slots are kept for refreshes and the others are "
+                             f"training models (server.reserved_light_slots); retry in "
+                             f"{settings.server.retry_after_s:g}s", code="overloaded",
+                             retry_after_s=settings.server.retry_after_s) from None
+
+    app.extensions["vigil.detection"].heavy_work = heavy_work
 
 
 def remaining_s(where: str) -> float:

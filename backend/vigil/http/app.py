@@ -20,7 +20,7 @@ from vigil.pipeline.model_cache import ModelCache
 from vigil.pipeline.core import Detection
 from vigil.sources.prometheus import LokiClient, PrometheusClient
 from vigil.http.telemetry import ServiceMetrics, multiprocess_dir
-from vigil.http.admission import register_admission
+from vigil.http.admission import make_slots, register_admission
 from vigil.http.encoding import OrjsonProvider, register_compression
 from vigil.http.health import health_blueprint
 from vigil.http.infinity import infinity_blueprint
@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None, *, detection: Detection | None 
     app.extensions["vigil.detection"] = detection or build_detection(settings, metrics)
     register_request_hooks(app, metrics)
     register_compression(app)
-    register_admission(app, settings, metrics)
+    # Training holds at most max_inflight - reserved_light_slots of the scoring slots (also set on
+    # a ``detection`` given: the app that serves it bounds its training).
+    register_admission(app, settings, metrics, make_slots(settings))
     register_blueprints(app, settings, metrics)
     register_openapi(app)
     register_error_handlers(app)

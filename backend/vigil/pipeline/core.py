@@ -18,13 +18,14 @@ production, anything with that method in unit tests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import threading
 import time as _clock
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 
@@ -60,8 +61,11 @@ class Detection:
 
     def __init__(self, settings: Settings, prometheus: Source, loki: Source | None = None,
                  cache: ModelCache | None = None, on_fit: Callable[[str, float], None] | None = None,
-                 scores: ScoreStore | None = None):
+                 scores: ScoreStore | None = None, heavy_work: Callable[[], ContextManager[None]] | None = None):
         self.settings = settings
+        #: held around training (history fetched, models fitted): the service bounds how many of
+        #: its scoring slots train at once (``vigil.http.admission``); nothing elsewhere
+        self.heavy_work = heavy_work or contextlib.nullcontext
         self.prometheus = prometheus
         self.loki = loki
         # ``is None``, not ``or``: an empty cache is falsy (it has a length), and the worker's
@@ -248,7 +252,7 @@ class Detection:
             self._refit_later(fetched, plan, params, stale)
         if not missing:
             return found
-        with self.models.training(params, plan.slot):
+        with self.heavy_work(), self.models.training(params, plan.slot):
             self._fit_missing(fetched, plan, params, series, missing, found)
         return found
 
@@ -377,21 +381,25 @@ class Detection:
 
         def work() -> None:
             try:
-                past, recent = history or self.fetch_training(background, plan, recent=is_learned(query.model))
-                floor = self.min_deviation(query)
-                for key in todo:
-                    name = str(key.series)
-                    times, values, recent_pair = _training_arrays(past.get(name), recent.get(name), query.exclude)
-                    if np.isfinite(values).sum() < self.settings.detection.min_train_points:
-                        continue
-                    self.models.fit_once(key, lambda: self._timed_fit(
-                        query.model, times, values, query, fetched.step_s, floor, recent=recent_pair,
-                        previous=self.models.previous(key)))
+                with self.heavy_work():
+                    fit_all()
             except Exception:  # noqa: BLE001 - the next request retries
                 log.exception("background fit failed", extra={"query": query.expr})
             finally:
                 with self._pending_lock:
                     self._pending.difference_update(todo)
+
+        def fit_all() -> None:
+            past, recent = history or self.fetch_training(background, plan, recent=is_learned(query.model))
+            floor = self.min_deviation(query)
+            for key in todo:
+                name = str(key.series)
+                times, values, recent_pair = _training_arrays(past.get(name), recent.get(name), query.exclude)
+                if np.isfinite(values).sum() < self.settings.detection.min_train_points:
+                    continue
+                self.models.fit_once(key, lambda: self._timed_fit(
+                    query.model, times, values, query, fetched.step_s, floor, recent=recent_pair,
+                    previous=self.models.previous(key)))
 
         self._background.submit(work)
 

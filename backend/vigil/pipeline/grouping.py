@@ -31,7 +31,7 @@ from vigil.detection.detectors import Scores
 from vigil.detection.episodes import Episode
 from vigil.errors import BadRequest
 from vigil.detection.multivariate import GroupDetector, group_episodes
-from vigil.pipeline.model_store import ModelKey
+from vigil.pipeline.model_store import ModelKey, TrainingPlan
 from vigil.pipeline.query import FetchedView
 from vigil.pipeline.scored import DetectionResult, ScoredSeries, exclude_windows
 from vigil.series import Series, series_key, series_name
@@ -175,6 +175,14 @@ def _group_models(detection: "Detection", fetched: FetchedView,
             found[key] = model
     if not missing:
         return found
+    with detection.heavy_work():
+        _fit_groups(detection, fetched, plan, params, missing, found)
+    return found
+
+
+def _fit_groups(detection: "Detection", fetched: FetchedView, plan: TrainingPlan, params: tuple,
+                missing: dict[str, list[Series]], found: dict[str, GroupDetector]) -> None:
+    query = fetched.query
     history, recent = detection.fetch_training(fetched, plan, recent=True)
     min_points = detection.settings.detection.min_train_points
     for key, members in missing.items():
@@ -198,7 +206,6 @@ def _group_models(detection: "Detection", fetched: FetchedView,
         model = detection.models.fit_once(ModelKey(params, _cache_key(key, members), plan.slot), fit)
         if model is not None:
             found[key] = model
-    return found
 
 
 def _cache_key(key: str, members: Sequence[Series]) -> tuple[str, tuple[str, ...]]:
