@@ -12,13 +12,20 @@ seeded with history and a real ``vigil serve`` (gunicorn) on loopback, then at o
   (``{name}``, ``{rest}``) from their examples or path text, URL-quoted;
 - keeps ``--panels`` valid panel queries running concurrently (the load);
 - probes ``/healthz`` every 50 ms (its latency under load);
-- stops Prometheus for a few seconds mid-run and SIGKILLs one gunicorn worker (the faults);
-- samples the RSS of every gunicorn process.
+- stops Prometheus for a few seconds mid-run and SIGKILLs the gunicorn worker (the faults);
+- samples the RSS of every gunicorn process;
+
+then runs the worker's fault scenarios (``tests/test_worker_faults.py`` watching
+``--fault-series`` series: Grafana answering 503 and hanging, Alertmanager and Prometheus
+stopped; ``vigil worker`` SIGKILLed twice in the middle of deliveries) and counts what was lost.
+
+``vigil serve`` runs as it ships (one worker process, its default threads and slots), with a token.
 
 Prints a table: unexpected 5xx (500, 502, or any 5xx that is not JSON; 503/504 only while
 Prometheus is stopped are expected), error answers without a JSON ``message`` (under
 ``/prometheus``: without Prometheus' envelope ``{status: "error", errorType, error}``), memory growth per
-process, ``/healthz`` p50/p99/max. Exit status 1 when a target is missed.
+process, ``/healthz`` p50/p99/max, and per worker fault run the episodes recorded, annotated,
+alerted and resolved against those expected. Exit status 1 when a target is missed.
 
 The same generators drive ``tests/test_fuzz.py`` at a small size through Flask's test client.
 """
@@ -368,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=20)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--no-faults", action="store_true")
+    parser.add_argument("--fault-series", type=int, default=12,
+                        help="series the worker fault runs watch (0: skip them)")
     args = parser.parse_args(argv)
 
     from realstack import free_port, start_prometheus, wait_for
@@ -379,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     prometheus = start_prometheus(work, openmetrics=text)
     token = "fuzz-token-0123456789"
     config = work / "vigil.yaml"
-    config.write_text(f"server:\n  workers: 2\n  token: {token}\naudit:\n  path: {work}/audit.db\n")
+    config.write_text(f"server:\n  token: {token}\naudit:\n  path: {work}/audit.db\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     log_path = work / "serve.log"
@@ -492,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         prometheus.stop()
 
+    worker_faults = run_worker_faults(args.fault_series) if args.fault_series else []
     growth = {pid: (max(v) - v[min(len(v) - 1, 5)]) for pid, v in rss.items() if len(v) > 6}
     worst_growth = max(growth.values(), default=0.0)
     rows = [
@@ -511,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         ("faults injected", "; ".join(faults) or "none", ""),
         ("wall time", f"{elapsed_s:.0f}s", ""),
     ]
+    for fault in worker_faults:
+        rows.append((f"worker: {fault.name}"[:52], fault.measured(), "0 lost, 0 repeated"))
     print(f"\nVigil fuzz/load/fault run: {args.requests} generated requests from openapi.json, "
           f"{args.panels} concurrent panels, seed {args.seed}\n")
     print(f"| {'what':<52} | {'measured':<44} | {'target':<20} |")
@@ -521,8 +533,60 @@ def main(argv: list[str] | None = None) -> int:
         for item in items[:10]:
             print(f"{title}: {item}")
     print(f"\nserver log: {log_path}")
-    ok = not tally.unexpected_5xx and not tally.non_json_errors and _p(health_ms, 0.99) < 100 and worst_growth < 300
+    for fault in worker_faults:
+        if not fault.passed:
+            print(f"worker fault run {fault.name} failed:\n{fault.output[-3000:]}")
+    ok = (not tally.unexpected_5xx and not tally.non_json_errors and _p(health_ms, 0.99) < 100 and worst_growth < 300
+          and all(f.passed and f.lost == 0 for f in worker_faults))
     return 0 if ok else 1
+
+
+# -- the worker's faults: tests/test_worker_faults.py at a larger size ------------------------------
+
+@dataclass
+class WorkerFault:
+    name: str
+    passed: bool
+    report: dict[str, int]
+    output: str
+
+    @property
+    def lost(self) -> int:
+        """Episodes without their audit record, annotation, firing or resolved alert."""
+        r = self.report
+        if not r:
+            return -1
+        expected = r["episodes_expected"]
+        return max(expected - r["episodes_recorded"], r["annotations_expected"] - r["episodes_with_one_annotation"],
+                   r["episodes_total"] - r["alerts_fired"], r["episodes_total"] - r["alerts_resolved"])
+
+    def measured(self) -> str:
+        r = self.report
+        if not r:
+            return "FAILED (see below)"
+        return (f"episodes {r['episodes_recorded']}/{r['episodes_expected']}, annotations "
+                f"{r['annotations_delivered']}/{r['annotations_expected']}, alerts fired {r['alerts_fired']} "
+                f"resolved {r['alerts_resolved']}{'' if self.passed else ' FAILED'}")
+
+
+def run_worker_faults(series: int) -> list[WorkerFault]:
+    """Both fault scenarios of ``tests/test_worker_faults.py`` (real Prometheus, Alertmanager and
+    ``vigil worker``; the Grafana recorder) watching ``series`` series; their reports parsed."""
+    root = Path(__file__).resolve().parent.parent
+    out: list[WorkerFault] = []
+    for test, name in (("test_outages_of_grafana_alertmanager_and_prometheus_lose_and_duplicate_nothing",
+                        "Grafana 503+hangs, Alertmanager and Prometheus down"),
+                       ("test_sigkill_in_the_middle_of_a_delivery", "SIGKILL mid-delivery, twice")):
+        ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                              f"tests/test_worker_faults.py::{test}"], cwd=root, capture_output=True, text=True,
+                             env={**os.environ, "VIGIL_FAULT_SERIES": str(series)}, timeout=900)
+        report: dict[str, int] = {}
+        for line in ran.stdout.splitlines():
+            if line.startswith("FAULTS ") and "{" in line:
+                report = json.loads(line[line.index("{"):])
+        out.append(WorkerFault(f"{name} ({series} series)", ran.returncode == 0, report,
+                               ran.stdout + ran.stderr))
+    return out
 
 
 def _probe_healthz(url: str, stop: Any, out_path: str) -> None:

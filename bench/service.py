@@ -101,14 +101,15 @@ class Stack:
         assert json.loads(_decode(raw, r))["data"]["result"]
         return elapsed
 
-    def serve(self) -> tuple[subprocess.Popen, str]:
+    def serve(self, config: Path | None = None) -> tuple[subprocess.Popen, str]:
+        """A fresh ``vigil serve`` (its shipped defaults, or ``config``) on this Prometheus."""
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         if self.src:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (self.src, env.get("PYTHONPATH", "")) if p)
         server = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "serve", "--prometheus-url", self.prometheus.url, "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "vigil.cli", "serve", *(["--config", str(config)] if config else []),
+             "--prometheus-url", self.prometheus.url, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _healthy(url), deadline_s=60, what="vigil serve answering /healthz")

@@ -152,9 +152,11 @@ def test_invariants_hold_under_contention():
 
 # -- the service ---------------------------------------------------------------------------------
 
-def test_cold_panels_training_do_not_stall_a_refresh(seeded_prometheus, monkeypatch):
+@pytest.mark.parametrize("held_in", ["fit", "first fetch"])
+def test_cold_panels_training_do_not_stall_a_refresh(seeded_prometheus, monkeypatch, held_in):
     """Was: four cold panels held all four slots for their whole training; a refresh of a panel
-    whose model was stored waited behind them (``queue_wait``) and was shed with 429."""
+    whose model was stored waited behind them (``queue_wait``) and was shed with 429. A panel
+    just opened counts as training from its first fetch (it fetches and scores its whole range)."""
     from vigil.config import Settings
     from vigil.http.app import create_app
     from vigil.pipeline import core
@@ -169,19 +171,30 @@ def test_cold_panels_training_do_not_stall_a_refresh(seeded_prometheus, monkeypa
 
     gate = threading.Event()
     training = []
-    real_fit = core.Detection._timed_fit
+    if held_in == "fit":
+        real_fit = core.Detection._timed_fit
 
-    def slow_fit(self, model, *args, **kw):
-        training.append(model)
-        gate.wait(30)
-        return real_fit(self, model, *args, **kw)
+        def slow_fit(self, model, *args, **kw):
+            training.append(model)
+            gate.wait(30)
+            return real_fit(self, model, *args, **kw)
 
-    monkeypatch.setattr(core.Detection, "_timed_fit", slow_fit)
-    # Four cold panels: other sensitivities and training windows, so nothing of theirs is stored.
-    colds = [simpod_query(end_ms - 3 * 3600_000, end_ms, [{"target": f'{seeded_prometheus.metric}{{instance="spiky"}}',
+        monkeypatch.setattr(core.Detection, "_timed_fit", slow_fit)
+    else:
+        real_fetch = core.Detection.fetch
+
+        def slow_fetch(self, client, source, expr, *args, **kw):
+            if "spiky" in expr:
+                training.append(expr)
+                gate.wait(30)
+            return real_fetch(self, client, source, expr, *args, **kw)
+
+        monkeypatch.setattr(core.Detection, "fetch", slow_fetch)
+    # Four cold panels: other expressions, sensitivities and training windows: nothing of theirs is stored.
+    colds = [simpod_query(end_ms - 3 * 3600_000, end_ms, [{"target": f'{seeded_prometheus.metric}{{instance="spiky"}} * {n}',
                                                          "payload": {"model": "seasonal", "sensitivity": sens,
                                                                      "train_window": window}}])
-             for sens in ("low", "high") for window in ("2d", "3d")]
+             for n, (sens, window) in enumerate([("low", "2d"), ("low", "3d"), ("high", "2d"), ("high", "3d")])]
     answers: list[int] = []
     threads = [threading.Thread(target=lambda b=b: answers.append(app.test_client().post("/json/query", json=b).status_code))
                for b in colds]

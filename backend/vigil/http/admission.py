@@ -9,7 +9,7 @@ So at least one thread is always free for ``/healthz``, ``/readyz`` and the chea
 ``UNMETERED``, which never take a slot, and nothing queues past Grafana's 30 s proxy timeout:
 the time spent waiting is taken from the request's deadline (``remaining_s``).
 
-Training (fetching weeks of history and fitting) may hold at most ``max_inflight -
+Training (a view fetched for the first time, weeks of history fetched, models fitted) may hold at most ``max_inflight -
 server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`): a request that finds it
 must train calls ``heavy_work()`` (the pipeline does, through its ``heavy_work`` hook), so cold
 panels never stall the refreshes of panels whose models are stored.

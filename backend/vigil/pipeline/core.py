@@ -89,7 +89,11 @@ class Detection:
         self._pending_lock = threading.Lock()
 
     def run(self, query: Query, *, deadline_s: float | None = None) -> DetectionResult:
-        fetched = self.fetch_view(query, deadline_s=deadline_s)
+        with contextlib.ExitStack() as held:
+            return self._run(query, deadline_s, held)
+
+    def _run(self, query: Query, deadline_s: float | None, held: contextlib.ExitStack) -> DetectionResult:
+        fetched = self.fetch_view(query, deadline_s=deadline_s, held=held)
         if not fetched.series:
             # An empty answer says why (unknown metric, or no history yet): a notice, not an error.
             # (Not for a shard's filtered view: there, another shard may have the series.)
@@ -108,8 +112,11 @@ class Detection:
                 out.append(scored)
         return DetectionResult(out, fetched.notices, fetched.expr, fetched.step_s)
 
-    def fetch_view(self, query: Query, *, deadline_s: float | None = None) -> FetchedView:
-        """Validate ``query``, resolve its expression and step, and fetch what it views (plus the context)."""
+    def fetch_view(self, query: Query, *, deadline_s: float | None = None,
+                   held: contextlib.ExitStack | None = None) -> FetchedView:
+        """Validate ``query``, resolve its expression and step, and fetch what it views (plus the
+        context). A view never fetched before (a panel just opened: it fetches its whole range,
+        scores every point, most often trains) enters ``heavy_work`` into ``held`` first."""
         started = _clock.monotonic()
         budget_s = deadline_s if deadline_s is not None else self.settings.server.request_timeout_s
 
@@ -156,6 +163,8 @@ class Detection:
         warmup_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
         fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
+        if held is not None and not self.views.knows((source, expr, step_s)):
+            held.enter_context(self.heavy_work())
         try:
             # A refresh asks Prometheus only for what is new since the last fetch of this view.
             view = self.views.fetch((source, expr, step_s), fetch_start_ms, query.end_ms, step_ms,

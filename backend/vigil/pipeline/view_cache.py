@@ -45,6 +45,11 @@ class ViewCache:
         #: fetches answered partly from a stored range (tests, metrics)
         self.partial = 0
 
+    def knows(self, key: Hashable) -> bool:
+        """A range of ``key`` is stored (a fetch of it is a refresh)."""
+        with self._lock:
+            return key in self._entries
+
     def fetch(self, key: Hashable, start_ms: int, end_ms: int, step_ms: int,
               fetch: Callable[[int, int], list[Series]]) -> list[Series]:
         """The series of ``[start_ms, end_ms]`` (``start_ms`` on the step grid); ``fetch(a, b)``
