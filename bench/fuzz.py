@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=20)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--no-faults", action="store_true")
-    parser.add_argument("--fault-series", type=int, default=12,
+    parser.add_argument("--fault-series", type=int, default=20,
                         help="series the worker fault runs watch (0: skip them)")
     args = parser.parse_args(argv)
 
@@ -579,12 +579,12 @@ def run_worker_faults(series: int) -> list[WorkerFault]:
                        ("test_sigkill_in_the_middle_of_a_delivery", "SIGKILL mid-delivery, twice")):
         ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
                               f"tests/test_worker_faults.py::{test}"], cwd=root, capture_output=True, text=True,
-                             env={**os.environ, "VIGIL_FAULT_SERIES": str(series)}, timeout=900)
+                             env={**os.environ, "FAULT_RUN_SERIES": str(series)}, timeout=900)
         report: dict[str, int] = {}
         for line in ran.stdout.splitlines():
             if line.startswith("FAULTS ") and "{" in line:
                 report = json.loads(line[line.index("{"):])
-        out.append(WorkerFault(f"{name} ({series} series)", ran.returncode == 0, report,
+        out.append(WorkerFault(name, ran.returncode == 0, report,
                                ran.stdout + ran.stderr))
     return out
 

@@ -146,6 +146,63 @@ def test_planted_anomalies_are_flagged_and_anomalies_keeps_only_them(client, see
     assert all(float(raw_values[t]) == float(v) for t, v in points["spiky"]["values"])
 
 
+def test_aggregations_and_comparisons_around_a_function_follow_prometheus(client, seeded_prometheus):
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'{seeded_prometheus.metric}, "model=seasonal"'
+
+    def matrix(query: str) -> list[dict]:
+        response = grafana_range(client, query, start_s, end_s)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["data"]["result"]
+
+    scores = {s["metric"]["instance"]: {t: float(v) for t, v in s["values"]}
+              for s in matrix(f"anomaly_score({expr})")}
+    flags = {s["metric"]["instance"]: {t: float(v) for t, v in s["values"]} for s in matrix(f"is_anomaly({expr})")}
+    times = sorted(set().union(*(set(v) for v in scores.values())))
+    # sum(is_anomaly): the number of anomalous series at each step, one series without labels.
+    [total] = matrix(f"sum(is_anomaly({expr}))")
+    assert total["metric"] == {}
+    assert {t: float(v) for t, v in total["values"]} == {
+        t: sum(f[t] for f in flags.values() if t in f) for t in sorted(set().union(*(set(f) for f in flags.values())))}
+    # max by (job) keeps the job label; the worst score of the three at each step.
+    [worst] = matrix(f"max by (job) (anomaly_score({expr}))")
+    assert worst["metric"] == {"job": seeded_prometheus.job}
+    assert {t: float(v) for t, v in worst["values"]} == pytest.approx(
+        {t: max(s[t] for s in scores.values() if t in s) for t in times})
+    # A comparison keeps the samples for which it holds: the points at or above the threshold.
+    above = {s["metric"]["instance"]: {t for t, _ in s["values"]} for s in matrix(f"anomaly_score({expr}) >= 1")}
+    assert above.get("spiky") == {t for t, v in scores["spiky"].items() if v >= 1} != set()
+    assert "quiet" not in above or len(above["quiet"]) <= 10
+    # bool: 1 or 0 at every sample; a number on the left flips the comparison.
+    as_bool = {s["metric"]["instance"]: s["values"] for s in matrix(f"1 <= bool anomaly_score({expr})")}
+    assert {t: float(v) for t, v in as_bool["spiky"]} == {t: float(v >= 1) for t, v in scores["spiky"].items()}
+    # count without (instance) of the flagged points, and avg, agree with the parts.
+    [count] = matrix(f"count without (instance) (is_anomaly({expr}) == 1)")
+    assert count["metric"] == {"job": seeded_prometheus.job}
+    assert sum(float(v) for _, v in count["values"]) == sum(v for f in flags.values() for v in f.values())
+    [avg] = matrix(f"(avg(anomaly_score({expr})))")
+    assert {t: float(v) for t, v in avg["values"]} == pytest.approx(
+        {t: float(np.mean([s[t] for s in scores.values() if t in s])) for t in times})
+
+
+def test_an_alert_rule_written_the_prometheus_way(client, seeded_prometheus):
+    """``max(is_anomaly(...)) > 0`` as an instant query: one sample while a series is anomalous."""
+    start_s, end_s = view_s(seeded_prometheus)
+    expr = f'is_anomaly({seeded_prometheus.metric}, "model=seasonal")'
+    flags = by_instance(grafana_range(client, expr, start_s, end_s).get_json()["data"]["result"])
+    during = next(t for t, v in flags["spiky"]["values"] if v == "1")  # inside the planted spike
+    for at_s, firing in ((during, True), (end_s, False)):
+        now = client.post("/prometheus/api/v1/query", headers=FORM, data={"query": expr, "time": str(at_s)}).get_json()
+        anomalous = sorted(s["metric"]["instance"] for s in now["data"]["result"] if s["value"][1] == "1")
+        response = client.post("/prometheus/api/v1/query", headers=FORM,
+                               data={"query": f"max({expr}) > 0", "time": str(at_s)})
+        assert response.status_code == 200, response.get_json()
+        result = response.get_json()["data"]["result"]
+        assert (result == [{"metric": {}, "value": [at_s, "1"]}]) == bool(anomalous), (at_s, result, anomalous)
+        if firing:
+            assert "spiky" in anomalous and result
+
+
 def test_band_functions_enclose_yhat(client, seeded_prometheus):
     start_s, end_s = view_s(seeded_prometheus)
     expr = f'sum by (instance) ({seeded_prometheus.metric}{{instance=~"quiet|spiky"}})'
@@ -211,8 +268,10 @@ def test_plain_promql_is_passed_through_unchanged(client, seeded_prometheus):
 
 
 @pytest.mark.parametrize("params, status, error_type, needle", [
-    ({"query": "sum(anomaly_score(x))"}, 400, "bad_data", "outermost"),
-    ({"query": "anomaly_score(x) > 1"}, 400, "bad_data", "outermost"),
+    ({"query": "abs(anomaly_score(x))"}, 400, "bad_data", "abs(...) around an anomaly function is not supported"),
+    ({"query": "anomaly_score(x) + 1"}, 400, "bad_data", "only by a comparison with a number"),
+    ({"query": "anomaly_score(x) > vigil_test_cpu"}, 400, "bad_data", "with a number"),
+    ({"query": "topk(3, anomaly_score(x))"}, 400, "bad_data", "sum, min, max, avg or count"),
     ({"query": 'anomaly_score(vigil_test_cpu, "model=prophet")'}, 400, "bad_data", "model must be one of"),
     ({"query": 'anomaly_score(vigil_test_cpu, "colour=red")'}, 400, "bad_data", "model, sensitivity, train_window"),
     ({"query": "anomaly_score(vigil_test_cpu)", "model": "seasonal"}, 400, "bad_data", "inside the anomaly function"),
@@ -233,8 +292,12 @@ def test_errors_come_in_prometheus_envelope(client, seeded_prometheus, params, s
 
 
 def test_unknown_endpoints_and_bad_label_names(client):
-    missing = client.get("/prometheus/api/v1/rules")
+    missing = client.get("/prometheus/api/v1/targets")
     assert missing.status_code == 404 and missing.get_json()["errorType"] == "not_found"
+    # Grafana's alert list reads rules and alerts of Prometheus datasources that manage alerts:
+    # Vigil has none, and says so in the shape Grafana parses.
+    assert client.get("/prometheus/api/v1/rules").get_json() == {"status": "success", "data": {"groups": []}}
+    assert client.get("/prometheus/api/v1/alerts").get_json() == {"status": "success", "data": {"alerts": []}}
     bad = client.get("/prometheus/api/v1/label/in-stance/values")
     assert bad.status_code == 400 and bad.get_json()["errorType"] == "bad_data"
 
@@ -272,9 +335,15 @@ def test_promtool_query_range_and_instant_show_the_anomaly_series(served, seeded
                              capture_output=True, text=True, timeout=120)
     assert instant.returncode == 0, instant.stderr
     assert instant.stdout.count("=>") == 3 and 'instance="spiky"' in instant.stdout
-    wrong = subprocess.run([promtool, "query", "instant", served, "sum(anomaly_score(x))"],
+    # The shape of a Prometheus-style alert rule: an aggregation and a threshold around the function.
+    rule = subprocess.run([promtool, "query", "instant", "--time", str(end_s), served,
+                           f'max by (job) (anomaly_score({seeded_prometheus.metric}, "model=seasonal")) >= 0'],
+                          capture_output=True, text=True, timeout=120)
+    assert rule.returncode == 0, rule.stderr
+    assert rule.stdout.count("=>") == 1 and f'job="{seeded_prometheus.job}"' in rule.stdout
+    wrong = subprocess.run([promtool, "query", "instant", served, "abs(anomaly_score(x))"],
                            capture_output=True, text=True, timeout=60)
-    assert wrong.returncode != 0 and "outermost" in (wrong.stderr + wrong.stdout)
+    assert wrong.returncode != 0 and "not supported" in (wrong.stderr + wrong.stdout)
 
 
 def test_exemplars_and_format_query_of_the_editor(client, seeded_prometheus):

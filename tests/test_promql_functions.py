@@ -29,8 +29,8 @@ def test_optional_string_arguments():
 
 @pytest.mark.parametrize("text, needle", [
     ("sum(anomaly_score(x))", "outermost"),
-    ("anomaly_score(x) > 1", "nothing may follow"),
-    ("anomaly_score(x) by (job)", "nothing may follow"),
+    ("anomaly_score(x) > 1", "only by a comparison with a number"),
+    ("anomaly_score(x) by (job)", "only by a comparison with a number"),
     ("anomaly_score(yhat(x))", "cannot be nested"),
     ("anomaly_score()", "needs a PromQL expression"),
     ("anomaly_score(x, model)", "strings such as"),

@@ -7,7 +7,7 @@ Prometheus stopped then restarted, the worker SIGKILLed in the middle of a deliv
 Afterwards every episode is in the audit store exactly once, every episode has exactly one
 annotation (closed at the episode's end) and its alert was delivered firing and then resolved.
 
-``VIGIL_FAULT_SERIES`` (default 3) sets how many series the outage test watches (all but one turn
+``FAULT_RUN_SERIES`` (default 3) sets how many series the outage test watches (all but one turn
 anomalous; the SIGKILL test makes them all anomalous): ``make fuzz`` runs both at a larger size
 and puts their "FAULTS" reports in its table.
 """
@@ -41,7 +41,7 @@ NORMAL, ANOMALOUS = 10.0, 100.0
 HISTORY_S = 3 * 3600
 HISTORY_STEP_S = 15
 #: series watched (``make fuzz`` raises it)
-SERIES = max(2, int(os.environ.get("VIGIL_FAULT_SERIES", "3")))
+SERIES = max(2, int(os.environ.get("FAULT_RUN_SERIES", "3")))
 
 
 class Exporter:

@@ -32,7 +32,8 @@ from vigil.errors import (BadRequest, NotFound, Overloaded, QueryError, Unauthor
 from vigil.sources.passthrough import forward
 from vigil.pipeline.core import Detection, DetectionResult, Query, ScoredSeries
 from vigil.sources.promql import match_all_selector
-from vigil.pipeline.promql_functions import OPTION_NAMES, AnomalyCall, parse_anomaly_call
+from vigil.pipeline.promql_functions import OPTION_NAMES, AnomalyCall
+from vigil.pipeline.promql_outer import Outer, VectorSeries, anomaly_call, evaluate, parse_query
 from vigil.units import MAX_INSTANT_MS, parse_duration_s, parse_instant_ms
 from vigil.http.auth import require_token
 from vigil.http.body import detection_options, excerpt
@@ -64,8 +65,8 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
     @bp.route("/api/v1/query_range", methods=["GET", "POST"])
     def query_range():
         text = _query_text(settings)
-        call = _parse(text)
-        if call is None:
+        outer = _parse(text)
+        if outer is None:
             return _relay_query("/api/v1/query_range", text)
         start_ms = _time_ms("start")
         end_ms = _time_ms("end")
@@ -77,19 +78,19 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
             raise BadRequest(f"exceeded maximum resolution of {_MAX_POINTS:,} points per timeseries. "
                              "Try decreasing the query resolution (?step=XX)")
         if end_ms == start_ms:  # one point asked for: score it like an instant query
-            return _success("matrix", *_instant(detection(), settings, call, end_ms, as_matrix=True))
-        result = _run(detection(), settings, call, start_ms, end_ms, step_s)
-        return _success("matrix", _matrix(call, result), result.notices)
+            return _success("matrix", *_instant(detection(), settings, outer, end_ms, as_matrix=True))
+        result = _run(detection(), settings, anomaly_call(outer), start_ms, end_ms, step_s)
+        return _success("matrix", _matrix(outer, result), result.notices)
 
     @bp.route("/api/v1/query", methods=["GET", "POST"])
     def query():
         text = _query_text(settings)
-        call = _parse(text)
-        if call is None:
+        outer = _parse(text)
+        if outer is None:
             return _relay_query("/api/v1/query", text)
         at_ms = _time_ms("time", default_now=True)
         _timeout_s()
-        return _success("vector", *_instant(detection(), settings, call, at_ms, as_matrix=False))
+        return _success("vector", *_instant(detection(), settings, outer, at_ms, as_matrix=False))
 
     @bp.route("/api/v1/query_exemplars", methods=["GET", "POST"])
     def query_exemplars():
@@ -135,11 +136,22 @@ def prometheus_api_blueprint(settings: Settings) -> Blueprint:
             body["data"].pop("features", None)
         return jsonify(body), upstream.status
 
+    @bp.route("/api/v1/rules", methods=["GET"])
+    def rules():
+        # Vigil evaluates no Prometheus rules. Grafana's alert list asks every Prometheus
+        # datasource whose "Manage alerts via Alerting UI" is on (the default for a new one): an
+        # empty list, not an error banner on that page.
+        return jsonify({"status": "success", "data": {"groups": []}})
+
+    @bp.route("/api/v1/alerts", methods=["GET"])
+    def alerts():
+        return jsonify({"status": "success", "data": {"alerts": []}})
+
     @bp.route("/api/v1/<path:rest>", methods=["GET", "POST"])
     def unknown(rest: str):
         raise NotFound(f"Vigil's Prometheus API does not serve /api/v1/{rest}; it serves query, query_range, "
-                       "query_exemplars, format_query, labels, label/<name>/values, series, metadata and "
-                       "status/buildinfo")
+                       "query_exemplars, format_query, labels, label/<name>/values, series, metadata, "
+                       "status/buildinfo, and rules and alerts (always empty)")
 
     @bp.errorhandler(VigilError)
     def vigil_error(exc: VigilError):
@@ -181,9 +193,9 @@ def _query_text(settings: Settings) -> str:
     return text
 
 
-def _parse(text: str) -> AnomalyCall | None:
+def _parse(text: str) -> Outer | None:
     try:
-        return parse_anomaly_call(text)
+        return parse_query(text)
     except ValueError as exc:
         raise BadRequest(f"invalid parameter \"query\": {exc}") from None
 
@@ -298,42 +310,51 @@ def _metric(s: ScoredSeries) -> dict[str, str]:
     return {k: v for k, v in s.labels.items() if k != "__name__"}
 
 
-def _matrix(call: AnomalyCall, result: DetectionResult) -> list[dict[str, Any]]:
+def _matrix(outer: Outer, result: DetectionResult) -> list[dict[str, Any]]:
+    function = anomaly_call(outer).function
+    series = [VectorSeries(_metric(s), s.times_ms, _values(function, s)) for s in result.series]
+    series = [s for s in series if not np.isnan(s.values).all()]
+    _unique_labels(series)
     out = []
-    for s in result.series:
-        values = _values(call.function, s)
-        keep = np.isfinite(values)
+    for s in evaluate(outer, series):
+        keep = ~np.isnan(s.values)
         if keep.any():
-            out.append({"metric": _metric(s), "values": [[_timestamp(t), _sample(v)] for t, v in
-                                                         zip(s.times_ms[keep].tolist(), values[keep].tolist())]})
-    _unique_labels(out)
+            out.append({"metric": s.labels, "values": [[_timestamp(t), _sample(v)] for t, v in
+                                                       zip(s.times_ms[keep].tolist(), s.values[keep].tolist())]})
     return out
 
 
-def _instant(detection: Detection, settings: Settings, call: AnomalyCall, at_ms: int, *,
+def _instant(detection: Detection, settings: Settings, outer: Outer, at_ms: int, *,
              as_matrix: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """The score of the last point at or before ``at_ms`` (within the 5-minute lookback)."""
+    call = anomaly_call(outer)
     start_ms = at_ms - int(INSTANT_VIEW_S * 1000)
     result = _run(detection, settings, call, start_ms, at_ms, INSTANT_STEP_S)
-    out = []
-    for s in result.series:
-        values = _values(call.function, s)
-        recent = (s.times_ms <= at_ms) & (s.times_ms >= at_ms - int(LOOKBACK_S * 1000)) & np.isfinite(s.values)
+    series = []
+    at = np.array([at_ms], dtype=np.int64)
+    for scored in result.series:
+        values = _values(call.function, scored)
+        recent = ((scored.times_ms <= at_ms) & (scored.times_ms >= at_ms - int(LOOKBACK_S * 1000))
+                  & np.isfinite(scored.values))
         if not recent.any():
             continue
-        last = int(np.flatnonzero(recent)[-1])
-        if not math.isfinite(values[last]):
+        last = float(values[int(np.flatnonzero(recent)[-1])])
+        if math.isfinite(last):
+            series.append(VectorSeries(_metric(scored), at, np.array([last])))
+    _unique_labels(series)
+    out = []
+    for v in evaluate(outer, series):
+        if np.isnan(v.values[0]):
             continue
-        sample = [_timestamp(at_ms), _sample(float(values[last]))]
-        out.append({"metric": _metric(s), "values": [sample]} if as_matrix else {"metric": _metric(s), "value": sample})
-    _unique_labels(out)
+        sample = [_timestamp(at_ms), _sample(float(v.values[0]))]
+        out.append({"metric": v.labels, "values": [sample]} if as_matrix else {"metric": v.labels, "value": sample})
     return out, result.notices
 
 
-def _unique_labels(series: list[dict[str, Any]]) -> None:
+def _unique_labels(series: list[VectorSeries]) -> None:
     seen: set[tuple] = set()
     for item in series:
-        key = tuple(sorted(item["metric"].items()))
+        key = tuple(sorted(item.labels.items()))
         if key in seen:
             raise QueryError("vector cannot contain metrics with the same labelset: the inner expression's series "
                              "differ only by their metric name; aggregate it or filter it by __name__")

@@ -5,8 +5,9 @@ Owns recognising ``anomaly_score``, ``is_anomaly``, ``yhat``, ``yhat_lower``, ``
 (``"model=..."``, ``"sensitivity=..."``, ``"train_window=..."``, ``"source=loki"`` for a LogQL
 metric query). A small scanner, not a PromQL
 parser: it knows string literals, comments and bracket nesting, which is what it takes to find
-the outermost call. The function must be the outermost call of the text; anywhere else it is an
-error, because Prometheus does not know it.
+the outermost call. The function must be the outermost call of the text, apart from the
+aggregations and comparisons :mod:`vigil.pipeline.promql_outer` parses around it; anywhere else
+it is an error, because Prometheus does not know it.
 
 Must not: import Flask, call Prometheus or score anything. Errors are ``ValueError`` with a
 sentence a Grafana user can act on; the HTTP layer maps them once.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-__all__ = ["FUNCTIONS", "OPTION_NAMES", "AnomalyCall", "parse_anomaly_call", "mentions_anomaly_function"]
+__all__ = ["FUNCTIONS", "OPTION_NAMES", "AnomalyCall", "parse_anomaly_call", "mentions_anomaly_function",
+           "mask_literals", "matching_bracket"]
 
 #: The functions, in the score vocabulary; ``anomalies`` is the value at anomalous points only.
 FUNCTIONS = ("anomaly_score", "is_anomaly", "yhat", "yhat_lower", "yhat_upper", "anomalies")
@@ -41,7 +43,7 @@ class AnomalyCall(NamedTuple):
 
 def mentions_anomaly_function(text: str) -> bool:
     """True when ``text`` calls one of :data:`FUNCTIONS` outside string literals and comments."""
-    return _CALL.search(_mask(text)) is not None
+    return _CALL.search(mask_literals(text)) is not None
 
 
 def parse_anomaly_call(text: str) -> AnomalyCall | None:
@@ -50,7 +52,7 @@ def parse_anomaly_call(text: str) -> AnomalyCall | None:
     Raises ValueError when an anomaly function is used but not as the outermost call, when the
     brackets do not balance, or when an optional argument is not a known ``"name=value"`` string.
     """
-    masked = _mask(text)
+    masked = mask_literals(text)
     calls = list(_CALL.finditer(masked))
     if not calls:
         return None
@@ -59,12 +61,13 @@ def parse_anomaly_call(text: str) -> AnomalyCall | None:
     start = len(masked) - len(masked.lstrip())
     if first.start() != start:
         raise ValueError(f"{name}(...) must be the outermost call of the query, e.g. {name}(sum by (instance) "
-                         f"(rate(x[5m]))); Prometheus cannot apply other functions or operators to it")
+                         f"(rate(x[5m]))), or inside only sum/min/max/avg/count and a comparison with a number, "
+                         f"e.g. max({name}(...)) > 1")
     open_at = first.end() - 1
-    close_at = _matching(masked, open_at)
+    close_at = matching_bracket(masked, open_at)
     if masked[close_at + 1:].strip():
-        raise ValueError(f"{name}(...) must be the outermost call of the query: nothing may follow its closing "
-                         f"parenthesis; got {text[close_at + 1:].strip()!r} after it")
+        raise ValueError(f"{name}(...) may be followed only by a comparison with a number (> 1, == 1, ...); got "
+                         f"{text[close_at + 1:].strip()[:60]!r} after it")
     if len(calls) > 1:
         raise ValueError(f"{calls[1].group(1)}(...) inside {name}(...): anomaly functions cannot be nested; "
                          f"use one, as the outermost call")
@@ -111,7 +114,7 @@ def _split_args(text: str, masked: str, begin: int, end: int) -> list[str]:
     return args
 
 
-def _matching(masked: str, open_at: int) -> int:
+def matching_bracket(masked: str, open_at: int) -> int:
     """Index of the bracket closing the one at ``open_at``; ValueError when they do not balance."""
     stack: list[str] = []
     for i in range(open_at, len(masked)):
@@ -127,7 +130,7 @@ def _matching(masked: str, open_at: int) -> int:
     raise ValueError(f"unbalanced brackets: the parenthesis at character {open_at + 1} is never closed")
 
 
-def _mask(text: str) -> str:
+def mask_literals(text: str) -> str:
     """``text`` with the insides of string literals and comments blanked (same length)."""
     out = list(text)
     i, n = 0, len(text)
