@@ -46,7 +46,8 @@ demo: runtime-deps
 	bash scripts/demo.sh
 
 ## Fuzz, load and fault run at full size: 10,000 requests generated from openapi.json against a real
-## vigil serve with concurrent panels, Prometheus stopped mid-run and a worker killed (a table on stdout).
+## vigil serve with concurrent panels, Prometheus stopped mid-run and a worker killed, then the worker's
+## fault scenarios (Grafana, Alertmanager, Prometheus failing; SIGKILL) at 20 series (a table on stdout).
 fuzz: deps
 	$(PY) -m bench fuzz --requests 10000 $(FUZZ_ARGS)
 
