@@ -413,14 +413,22 @@ def node_resources() -> Json:
                     "instance, through Infinity): each mode's share of what made the combination unusual. "
                     "Read it where the on-demand \"CPU anomalies (computed now)\" annotations mark an episode.")
     fleet = score_panel(
-        6, "Anomaly score, all selected instances", grid(0, 0, 24, 7),
+        6, "Anomaly score, all selected instances", grid(0, 0, 18, 7),
         [vigil_target("A", "anomaly_score", CPU_EXPR, "{{instance}} CPU anomaly score"),
          vigil_target("B", "anomaly_score", MEMORY_EXPR, "{{instance}} memory anomaly score")],
         "Which instance to look at: every selected instance's CPU and memory score.")
+    # An aggregation around an anomaly function, evaluated by Vigil as Prometheus would.
+    anomalous_now = stat(
+        8, "Instances anomalous now", grid(18, 0, 6, 7),
+        [{**prom_target(ref, f"sum({anomaly_expr('is_anomaly', expr)})", legend, instant=True), "datasource": VIGIL}
+         for ref, expr, legend in (("A", CPU_EXPR, "CPU"), ("B", MEMORY_EXPR, "memory"))],
+        unit="none", decimals=0, datasource=VIGIL, steps=thresholds((None, "green"), (1, RED)),
+        description="How many of the selected instances are inside an anomaly episode now: "
+                    "sum(is_anomaly(...)) of the same queries as the panels below. Empty when none is scored yet.")
     return dashboard(
         "vigil-node", "Vigil / Node resources",
         "CPU and memory per node (node_exporter) with Vigil's expected band, anomalous points and scores.",
-        [fleet, row(1, "$instance", 7, repeat="instance"), cpu, memory, score, flags, drivers],
+        [fleet, anomalous_now, row(1, "$instance", 7, repeat="instance"), cpu, memory, score, flags, drivers],
         variables=[vigil_variable("instance", "instance", "node_uname_info", title="Instance"), *MODEL_VARIABLES],
         annotations=[WORKER_ANNOTATIONS,
                      on_demand_annotations("CPU anomalies (computed now)", CPU_EXPR, "{{instance}} CPU anomalous",

@@ -230,6 +230,15 @@ def test_node_panels_return_the_fields_their_overrides_match(stack, instance):
                 if backfilled:  # the CPU modes scored together, one contribution each
                     assert {r["member"] for r in rows} >= {"mode=system", "mode=user"}, panel["title"]
                 continue
+            if target.get("instant"):
+                # A stat's instant query, as Grafana sends it: "Instances anomalous now" is
+                # sum(is_anomaly(...)): one series without labels, a count of the selected instances.
+                query = interpolate(target["expr"], variables_for(stack, instance), stack["now_ms"])
+                now = prom(stack, "/api/v1/query", {"query": query, "time": stack["now_ms"] // 1000})
+                assert now["resultType"] == "vector"
+                assert all(s["metric"] == {} and 0 <= float(s["value"][1]) <= 1 for s in now["result"]), now
+                if backfilled:  # two days of history: scored, so one count
+                    assert len(now["result"]) == 1, now
             for series in vigil_range(stack, target["expr"], variables_for(stack, instance)):
                 assert all(isinstance(t, (int, float)) and isinstance(v, str) for t, v in series["values"])
                 names.add(legend(target["legendFormat"], series["metric"]))
