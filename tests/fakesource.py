@@ -27,6 +27,9 @@ class FakeSource:
         self.release: threading.Event | None = None
         self.waiting = 0
 
+    def series_count(self, expr: str, at_s: float, *, deadline_s: float | None = None) -> int | None:
+        return None  # no pre-count: every test sees only the range queries it makes
+
     def query_range(self, expr: str, start_s: float, end_s: float, step_s: float, *,
                     deadline_s: float | None = None) -> list[Series]:
         with self._lock:

@@ -34,11 +34,30 @@ def test_series_filter_applies_before_any_model_is_fitted(detection, seeded_prom
     assert len(fits) == 1
 
 
-def test_max_series_is_enforced_per_query(detection, seeded_prometheus):
+def test_max_series_is_enforced_per_query_before_its_range_is_fetched(detection, seeded_prometheus, monkeypatch):
     from vigil.errors import BadRequest
 
+    ranges = []
+    real = detection.prometheus.query_range
+    monkeypatch.setattr(detection.prometheus, "query_range", lambda *a, **k: ranges.append(a) or real(*a, **k))
+    with pytest.raises(BadRequest, match=r"has 3 series \(counted at its end, before fetching the range\); at most 2"):
+        detection.run(query(seeded_prometheus, max_series=2))
+    assert ranges == []  # refused for the cost of one instant count, not of the range
+    detection.run(query(seeded_prometheus, max_series=3))
+    assert ranges
+    # A refresh of a stored view is not counted again; what it fetches is still checked.
     with pytest.raises(BadRequest, match="returned 3 series; at most 2"):
         detection.run(query(seeded_prometheus, max_series=2))
+
+
+def test_series_are_counted_in_one_instant_step_or_not_at_all(seeded_prometheus, service_settings):
+    client = PrometheusClient.from_settings(service_settings.prometheus)
+    at_s = seeded_prometheus.end_ms / 1000
+    assert client.series_count(seeded_prometheus.metric, at_s) == 3
+    assert client.series_count(f'{seeded_prometheus.metric}{{instance="nope"}}', at_s) == 0
+    # Not a vector: no count (the range query gives Prometheus' own answer or error).
+    assert client.series_count("1 + 1", at_s) is None
+    assert client.series_count(f"{seeded_prometheus.metric}[5m]", at_s) is None
 
 
 def test_episodes_carry_reasons_and_models_are_reused(detection, seeded_prometheus, fits):

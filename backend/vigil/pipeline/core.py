@@ -163,8 +163,21 @@ class Detection:
         warmup_start_ms = view_start_ms - (-(-context_ms // step_ms)) * step_ms
         fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
-        if held is not None and not self.views.knows((source, expr, step_s)):
-            held.enter_context(self.heavy_work())
+        max_series = query.max_series or self.settings.server.max_series
+        if not self.views.knows((source, expr, step_s)):
+            if held is not None:
+                held.enter_context(self.heavy_work())
+            # Counted at one instant first: a query matching far too many series costs Prometheus
+            # one evaluation step to refuse, not its whole range.
+            try:
+                count = self._fetches.do(("count", source, expr, query.end_ms), lambda: client.series_count(
+                    expr, ms_to_s(query.end_ms), deadline_s=remaining_s()))
+            except VigilError as exc:
+                raise type(exc)(f"{where}: {exc.message}", code=exc.code) from None
+            if count is not None and count > max_series:
+                raise BadRequest(f"{where} has {count} series (counted at its end, before fetching the range); at "
+                                 f"most {max_series} can be scored at once: aggregate it (sum by, topk) or filter it",
+                                 code="too_many_series")
         try:
             # A refresh asks Prometheus only for what is new since the last fetch of this view.
             view = self.views.fetch((source, expr, step_s), fetch_start_ms, query.end_ms, step_ms,
@@ -173,7 +186,6 @@ class Detection:
         except VigilError as exc:
             raise type(exc)(f"{where}: {exc.message}", code=exc.code) from None
         view = [s for s in view if s.times_ms.size and (query.series_filter is None or query.series_filter(s.labels))]
-        max_series = query.max_series or self.settings.server.max_series
         if len(view) > max_series:
             raise BadRequest(f"{where} returned {len(view)} series; at most {max_series} "
                              "can be scored at once: aggregate it (sum by, topk) or filter it", code="too_many_series")

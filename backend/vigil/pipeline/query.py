@@ -111,6 +111,11 @@ class Source(Protocol):
     def query_range(self, expr: str, start_s: float, end_s: float, step_s: float, *,
                     deadline_s: float | None = None) -> list[Series]: ...
 
+    def series_count(self, expr: str, at_s: float, *, deadline_s: float | None = None) -> int | None:
+        """How many series ``expr`` has at ``at_s``, asked cheaply before a range is fetched
+        (None: the source cannot tell; the range query then says why)."""
+        ...
+
 
 @dataclass
 class FetchedView:

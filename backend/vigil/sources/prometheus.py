@@ -46,6 +46,7 @@ class PrometheusClient:
 
     backend = "Prometheus"
     query_range_path = "/api/v1/query_range"
+    instant_path = "/api/v1/query"
     #: Prometheus stops a query after its ``timeout`` parameter; Loki has no such parameter
     sends_timeout = True
     refuses_match_all = True
@@ -93,6 +94,21 @@ class PrometheusClient:
             kind = data.get("resultType") if isinstance(data, dict) else type(data).__name__
             raise QueryError(f"{self.backend} query {shown} returned {kind}, not a range of series (matrix)")
         return [_parse_matrix_series(item) for item in data.get("result") or []]
+
+    def series_count(self, expr: str, at_s: float, *, deadline_s: float | None = None) -> int | None:
+        """``count((expr))`` at ``at_s``: one evaluation step, so the series of a query are counted
+        before its range is fetched (a broad selector is refused at the cost of one step, not of
+        its whole range). None when it cannot be counted (a scalar, a range vector: the range query
+        then gives Prometheus' own error)."""
+        try:
+            data = self._call("POST", self.instant_path, {"query": f"count(({expr}))", "time": f"{at_s:.3f}"},
+                              deadline_s=deadline_s, what=f"count of {_excerpt(expr)}")
+        except QueryError:
+            return None
+        result = data.get("result") if isinstance(data, dict) and data.get("resultType") == "vector" else None
+        if result is None:
+            return None
+        return int(float(result[0]["value"][1])) if result else 0
 
     def label_names(self, match: Iterable[str] = (), start_s: float | None = None,
                     end_s: float | None = None) -> list[str]:
@@ -154,7 +170,7 @@ class PrometheusClient:
                              code="too_many_queries")
         waited_s = _clock.monotonic() - t0
         timeout_s = max(0.5, timeout_s - waited_s)
-        if self.sends_timeout and path == self.query_range_path:
+        if self.sends_timeout and path in (self.query_range_path, self.instant_path):
             # Prometheus stops the query itself a little before Vigil would stop waiting for it,
             # so its own "query timed out" answer arrives in time to be shown.
             params = {**params, "timeout": f"{max(0.1, timeout_s * 0.8):.3f}"}
@@ -223,6 +239,9 @@ class LokiClient(PrometheusClient):
         # Loki wants nanosecond epochs; step as seconds.
         return {"query": expr, "start": str(int(start_s * 1e9)), "end": str(int(end_s * 1e9)),
                 "step": f"{step_s:g}", "limit": "5000"}
+
+    def series_count(self, expr: str, at_s: float, *, deadline_s: float | None = None) -> int | None:
+        return None  # a LogQL count reads the logs themselves: no cheap pre-count
 
     def label_names(self, match: Iterable[str] = (), start_s: float | None = None,
                     end_s: float | None = None) -> list[str]:
