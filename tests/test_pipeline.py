@@ -50,6 +50,12 @@ def test_max_series_is_enforced_per_query_before_its_range_is_fetched(detection,
         detection.run(query(seeded_prometheus, max_series=2))
 
 
+def test_a_shard_is_limited_by_the_series_it_keeps_not_by_the_count(detection, seeded_prometheus):
+    result = detection.run(query(seeded_prometheus, max_series=1,
+                                 series_filter=lambda labels: labels["instance"] == "quiet"))
+    assert [s.labels["instance"] for s in result.series] == ["quiet"]
+
+
 def test_series_are_counted_in_one_instant_step_or_not_at_all(seeded_prometheus, service_settings):
     client = PrometheusClient.from_settings(service_settings.prometheus)
     at_s = seeded_prometheus.end_ms / 1000

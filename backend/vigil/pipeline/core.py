@@ -164,11 +164,13 @@ class Detection:
         fetch_start_ms = warmup_start_ms - (-(-context_ms // step_ms)) * step_ms
 
         max_series = query.max_series or self.settings.server.max_series
-        if not self.views.knows((source, expr, step_s)):
-            if held is not None:
-                held.enter_context(self.heavy_work())
+        first_fetch = not self.views.knows((source, expr, step_s))
+        if first_fetch and held is not None:
+            held.enter_context(self.heavy_work())
+        if first_fetch and query.series_filter is None:
             # Counted at one instant first: a query matching far too many series costs Prometheus
-            # one evaluation step to refuse, not its whole range.
+            # one evaluation step to refuse, not its whole range. (Not a shard's query: the limit
+            # applies to the series the shard keeps.)
             try:
                 count = self._fetches.do(("count", source, expr, query.end_ms), lambda: client.series_count(
                     expr, ms_to_s(query.end_ms), deadline_s=remaining_s()))
