@@ -64,6 +64,11 @@ def test_series_are_counted_in_one_instant_step_or_not_at_all(seeded_prometheus,
     # Not a vector: no count (the range query gives Prometheus' own answer or error).
     assert client.series_count("1 + 1", at_s) is None
     assert client.series_count(f"{seeded_prometheus.metric}[5m]", at_s) is None
+    # Counting every series costs Prometheus what reading them does: refused like the range query.
+    from vigil.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="matches every series"):
+        client.series_count('{__name__=~".+"}', at_s)
 
 
 def test_episodes_carry_reasons_and_models_are_reused(detection, seeded_prometheus, fits):

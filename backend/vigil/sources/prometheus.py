@@ -84,10 +84,7 @@ class PrometheusClient:
     def query_range(self, expr: str, start_s: float, end_s: float, step_s: float, *,
                     deadline_s: float | None = None) -> list[Series]:
         shown = _excerpt(expr)
-        broad = match_all_selector(expr) if self.refuses_match_all else None
-        if broad is not None:
-            raise BadRequest(f"the selector {_excerpt(broad, 60)} matches every series {self.backend} has: name a "
-                             "metric or add a label matcher", code="selector_too_broad")
+        self._refuse_match_all(expr)
         data = self._call("POST", self.query_range_path, self._range_params(expr, start_s, end_s, step_s),
                           deadline_s=deadline_s, what=f"query {shown}")
         if not isinstance(data, dict) or data.get("resultType") != "matrix":
@@ -100,6 +97,7 @@ class PrometheusClient:
         before its range is fetched (a broad selector is refused at the cost of one step, not of
         its whole range). None when it cannot be counted (a scalar, a range vector: the range query
         then gives Prometheus' own error)."""
+        self._refuse_match_all(expr)  # counting every series costs what reading them does
         try:
             data = self._call("POST", self.instant_path, {"query": f"count(({expr}))", "time": f"{at_s:.3f}"},
                               deadline_s=deadline_s, what=f"count of {_excerpt(expr)}")
@@ -129,6 +127,12 @@ class PrometheusClient:
         return response.status_code == 200
 
     # -- internals -------------------------------------------------------------------------
+
+    def _refuse_match_all(self, expr: str) -> None:
+        broad = match_all_selector(expr) if self.refuses_match_all else None
+        if broad is not None:
+            raise BadRequest(f"the selector {_excerpt(broad, 60)} matches every series {self.backend} has: name a "
+                             "metric or add a label matcher", code="selector_too_broad")
 
     def _range_params(self, expr: str, start_s: float, end_s: float, step_s: float) -> dict[str, Any]:
         return {"query": expr, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
