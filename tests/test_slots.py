@@ -213,3 +213,84 @@ def test_cold_panels_training_do_not_stall_a_refresh(seeded_prometheus, monkeypa
         for t in threads:
             t.join(30)
     assert answers == [200] * 4
+
+
+def test_a_freed_slot_goes_to_the_flow_served_longest_ago():
+    slots = Slots(1, 1)
+    assert slots.acquire(1, "a")
+    order: list[str] = []
+
+    def wait(name: str, flow: str) -> None:
+        assert slots.acquire(10, flow)
+        order.append(name)
+        slots.release()
+
+    threads = []
+    for name, flow in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")):
+        threads.append(threading.Thread(target=wait, args=(name, flow)))
+        threads[-1].start()
+        wait_for(lambda n=len(threads): slots.waiting == n, what=f"{name} waiting")
+    assert slots.waiting_in("a") == 3 and slots.waiting_in("b") == 1
+    slots.release()
+    for t in threads:
+        t.join(10)
+    # "a" was just served (the holder): b1 first although it came last, then a in order of arrival.
+    assert order == ["b1", "a1", "a2", "a3"]
+
+
+def test_one_dashboard_neither_delays_nor_sheds_another(seeded_prometheus):
+    """Was: one queue, first come first served: forty panels of one dashboard opened at once made a
+    panel of another wait behind all of them, or be shed when they filled the waiting places."""
+    from vigil.config import Settings
+    from vigil.http.app import create_app
+
+    # 8 threads: 4 slots, 3 waiting places, at most 1 of them for one flow.
+    app = create_app(Settings().replace(prometheus={"url": seeded_prometheus.url},
+                                        server={"threads": 8, "queue_wait_s": 20.0}))
+    gates: dict[str, threading.Event] = {}
+    entered: list[str] = []
+
+    def hold(name: str):
+        entered.append(name)
+        gates.setdefault(name, threading.Event()).wait(30)
+        return "ok"
+
+    app.add_url_rule("/hold/<name>", view_func=hold)
+    statuses: dict[str, int] = {}
+
+    def get(name: str, dashboard: str) -> None:
+        response = app.test_client().get(f"/hold/{name}", headers={"X-Dashboard-Uid": dashboard})
+        statuses[name] = response.status_code
+
+    threads = []
+    try:
+        for i in range(4):
+            gates[f"a{i}"] = threading.Event()
+            threads.append(threading.Thread(target=get, args=(f"a{i}", "busy")))
+            threads[-1].start()
+        wait_for(lambda: len(entered) == 4, what="four panels of one dashboard in the slots")
+        gates["a4"] = threading.Event()
+        threads.append(threading.Thread(target=get, args=("a4", "busy")))
+        threads[-1].start()
+        wait_for(lambda: _waiting(app) == 1, what="a fifth panel waiting")
+        refused = app.test_client().get("/hold/a5", headers={"X-Dashboard-Uid": "busy"})
+        assert refused.status_code == 429 and "same dashboard" in refused.get_json()["message"]
+        gates["b0"] = threading.Event()
+        threads.append(threading.Thread(target=get, args=("b0", "other")))
+        threads[-1].start()
+        wait_for(lambda: _waiting(app) == 2, what="the other dashboard's panel waiting, not shed")
+        gates["a0"].set()  # a slot frees: the other dashboard was served longest ago
+        wait_for(lambda: len(entered) == 5, what="the next request in")
+        assert entered[-1] == "b0"
+    finally:
+        for gate in list(gates.values()):
+            gate.set()
+        for t in threads:
+            t.join(30)
+    assert statuses == {"a0": 200, "a1": 200, "a2": 200, "a3": 200, "a4": 200, "b0": 200}
+
+
+def _waiting(app) -> int:
+    from vigil.http import admission
+
+    return admission.slots_of(app).waiting

@@ -4,8 +4,10 @@ A process runs at most ``total`` pieces of scoring work at once (``server.max_in
 light (a refresh whose models are stored: fetch the new points, score them) or heavy (fetch weeks
 of training history and fit models: seconds). Heavy work may hold at most ``heavy`` of the slots,
 so ``total - heavy`` are always left for light work: a dashboard refresh is never stuck behind
-cold starts. Waiters are served first come, first served among those that may run (a light
-request passes heavy ones that wait for a heavy share; never the other way round).
+cold starts. Waiters belong to a **flow** (a dashboard, a client): a freed slot goes to the flow
+served longest ago, first come first served within it, among the waiters that may run (a light
+request passes heavy ones that wait for a heavy share; never the other way round). So a dashboard
+of forty panels opened at once does not make a one-panel dashboard wait behind all forty.
 
 A request takes a light slot when admitted; when it finds it has to train, it asks for a heavy
 share (:meth:`Slots.heavy`): granted at once when one is free, else it gives its slot back while it
@@ -30,9 +32,14 @@ class SlotTimeout(Exception):
     """No slot (or no heavy share) became free within the time given."""
 
 
+#: flows remembered (when served last); beyond this the memory starts over
+MAX_FLOWS = 4096
+
+
 @dataclass(eq=False)
 class _Waiter:
     heavy: bool
+    flow: str = ""
     granted: bool = False
     event: threading.Event = field(default_factory=threading.Event)
 
@@ -48,15 +55,22 @@ class Slots:
         self.running = 0
         self.running_heavy = 0
         self._queue: deque[_Waiter] = deque()
+        self._served: dict[str, int] = {}  # flow -> the grant that served it last
+        self._grants = 0
         self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
 
-    def acquire(self, timeout_s: float | None) -> bool:
+    def waiting_in(self, flow: str) -> int:
+        """Waiters of ``flow``."""
+        with self._lock:
+            return sum(1 for w in self._queue if w.flow == flow)
+
+    def acquire(self, timeout_s: float | None, flow: str = "") -> bool:
         """A light slot within ``timeout_s`` (None: wait as long as it takes); False when none freed."""
-        return self._wait(_Waiter(heavy=False), timeout_s)
+        return self._wait(_Waiter(heavy=False, flow=flow), timeout_s)
 
     def release(self) -> None:
         """Give back a slot taken by :meth:`acquire`."""
@@ -65,7 +79,7 @@ class Slots:
             self._grant()
 
     @contextlib.contextmanager
-    def heavy(self, *, holding: bool, timeout_s: float | None) -> Iterator[None]:
+    def heavy(self, *, holding: bool, timeout_s: float | None, flow: str = "") -> Iterator[None]:
         """A heavy share for the block. ``holding``: the caller holds a light slot, which it keeps
         afterwards (the slot is given back while it waits, and taken again with the share). Else a
         slot is taken with the share and given back after. :class:`SlotTimeout` when none freed in
@@ -77,7 +91,7 @@ class Slots:
             elif holding:
                 self.running -= 1
                 self._grant()
-        if not now and not self._wait(_Waiter(heavy=True), timeout_s):
+        if not now and not self._wait(_Waiter(heavy=True, flow=flow), timeout_s):
             raise SlotTimeout(f"no training share of the {self.total} slots freed in time")
         try:
             yield
@@ -102,14 +116,23 @@ class Slots:
             return False
 
     def _grant(self) -> None:
-        """Wake, in order of arrival, every waiter that may run now (caller holds the lock)."""
-        for waiter in list(self._queue):
-            if self.running >= self.total:
+        """Wake waiters that may run while slots are free: each time the one whose flow was served
+        longest ago, the earliest within a flow (caller holds the lock)."""
+        while self.running < self.total:
+            chosen: _Waiter | None = None
+            for waiter in self._queue:  # in order of arrival
+                if waiter.heavy and self.running_heavy >= self.heavy_max:
+                    continue
+                if chosen is None or self._served.get(waiter.flow, -1) < self._served.get(chosen.flow, -1):
+                    chosen = waiter
+            if chosen is None:
                 return
-            if waiter.heavy and self.running_heavy >= self.heavy_max:
-                continue
-            self._queue.remove(waiter)
+            self._queue.remove(chosen)
             self.running += 1
-            self.running_heavy += waiter.heavy
-            waiter.granted = True
-            waiter.event.set()
+            self.running_heavy += chosen.heavy
+            if len(self._served) >= MAX_FLOWS:
+                self._served.clear()
+            self._served[chosen.flow] = self._grants
+            self._grants += 1
+            chosen.granted = True
+            chosen.event.set()

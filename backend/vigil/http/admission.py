@@ -9,6 +9,11 @@ So at least one thread is always free for ``/healthz``, ``/readyz`` and the chea
 ``UNMETERED``, which never take a slot, and nothing queues past Grafana's 30 s proxy timeout:
 the time spent waiting is taken from the request's deadline (``remaining_s``).
 
+Waiting requests are queued per flow (:func:`flow_of`: the dashboard Grafana names in
+``X-Dashboard-Uid``, else the user in ``X-Grafana-User``, else the client's address): a freed slot
+goes to the flow served longest ago, and one flow may hold at most half of the waiting places,
+so a dashboard of forty panels opened at once neither delays nor sheds another dashboard's panel.
+
 Training (a view fetched for the first time, weeks of history fetched, models fitted) may hold at most ``max_inflight -
 server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`): a request that finds it
 must train calls ``heavy_work()`` (the pipeline does, through its ``heavy_work`` hook), so cold
@@ -30,7 +35,7 @@ from vigil.errors import Overloaded, UpstreamTimeout
 from vigil.http.telemetry import ServiceMetrics
 from vigil.slots import Slots, SlotTimeout
 
-__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots"]
+__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots", "flow_of", "slots_of"]
 
 #: requests scored at once by default (``server.max_inflight``)
 DEFAULT_INFLIGHT = 4
@@ -48,6 +53,16 @@ def slot_counts(settings: Settings) -> tuple[int, int]:
     return inflight, max(0, threads - inflight - 1)
 
 
+def flow_of(headers: Any, remote_addr: str | None) -> str:
+    """Whose request this is, for fair queueing: Grafana's dashboard, else its user, else the
+    client's address (a hint, not an identity: bounded, never trusted for anything else)."""
+    for name in ("X-Dashboard-Uid", "X-Grafana-User"):
+        value = headers.get(name, "")
+        if value:
+            return f"{name[2:].lower()}:{value[:64]}"
+    return f"addr:{remote_addr or ''}"
+
+
 def make_slots(settings: Settings) -> Slots:
     """One process's slots: ``server.reserved_light_slots`` of them never train (none when the
     process scores one request at a time)."""
@@ -57,6 +72,7 @@ def make_slots(settings: Settings) -> Slots:
 
 def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, slots: Slots) -> None:
     inflight, queue = slot_counts(settings)
+    per_flow = max(1, queue // 2)
     training = threading.local()
 
     def shed(why: str) -> Overloaded:
@@ -70,12 +86,16 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, 
         g.deadline = _clock.monotonic() + settings.server.request_timeout_s
         if request.path in UNMETERED or request.url_rule is None:
             return
-        if slots.acquire(0):
+        g.flow = flow = flow_of(request.headers, request.remote_addr)
+        if slots.acquire(0, flow):
             g.admitted = True
             return
         if slots.waiting >= queue:
             raise shed(f"this process is scoring {slots.running} requests and {slots.waiting} more wait")
-        if not slots.acquire(settings.server.queue_wait_s):
+        if slots.waiting_in(flow) >= per_flow:
+            raise shed(f"{per_flow} requests of the same dashboard or client already wait (half of the waiting "
+                       "places: the others are kept for other dashboards)")
+        if not slots.acquire(settings.server.queue_wait_s, flow):
             raise shed(f"no scoring slot of this process freed within {settings.server.queue_wait_s:g}s")
         g.admitted = True
 
@@ -96,7 +116,8 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, 
         timeout_s = (min(settings.server.queue_wait_s, remaining_s("training")) if has_request_context()
                      else None)
         try:
-            with slots.heavy(holding=holding, timeout_s=timeout_s):
+            flow = g.get("flow", "") if has_request_context() else "background"
+            with slots.heavy(holding=holding, timeout_s=timeout_s, flow=flow):
                 training.held = True
                 try:
                     yield
@@ -113,6 +134,12 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, 
                              retry_after_s=settings.server.retry_after_s) from None
 
     app.extensions["vigil.detection"].heavy_work = heavy_work
+    app.extensions["vigil.slots"] = slots
+
+
+def slots_of(app: Flask) -> Slots:
+    """The process's slots (tests, diagnostics)."""
+    return app.extensions["vigil.slots"]
 
 
 def remaining_s(where: str) -> float:
