@@ -68,9 +68,14 @@ class Slots:
         with self._lock:
             return sum(1 for w in self._queue if w.flow == flow)
 
-    def acquire(self, timeout_s: float | None, flow: str = "") -> bool:
-        """A light slot within ``timeout_s`` (None: wait as long as it takes); False when none freed."""
-        return self._wait(_Waiter(heavy=False, flow=flow), timeout_s)
+    def acquire(self, timeout_s: float | None, flow: str = "", *, max_waiting: int | None = None) -> bool:
+        """A light slot within ``timeout_s`` (None: wait as long as it takes); False when none freed.
+
+        With ``max_waiting``: when that many already wait, the newest waiter of the flow with the
+        most waiters gives up its place (its own wait returns False at once) if that flow has more
+        waiters than this request's; else this request is refused at once (False). So one flow may
+        take every place while it is alone, and gives places back as other flows arrive."""
+        return self._wait(_Waiter(heavy=False, flow=flow), timeout_s, max_waiting)
 
     def release(self) -> None:
         """Give back a slot taken by :meth:`acquire`."""
@@ -102,18 +107,37 @@ class Slots:
                     self.running -= 1
                 self._grant()
 
-    def _wait(self, waiter: _Waiter, timeout_s: float | None) -> bool:
+    def _wait(self, waiter: _Waiter, timeout_s: float | None, max_waiting: int | None = None) -> bool:
         with self._lock:
             self._queue.append(waiter)
             self._grant()
+            if not waiter.granted and max_waiting is not None and len(self._queue) > max_waiting:
+                if not self._displace_for(waiter.flow):
+                    self._queue.remove(waiter)
+                    return False
         if waiter.event.wait(timeout_s):
-            return True
+            return waiter.granted  # False: its place went to a smaller flow (_displace_for)
         with self._lock:
             if waiter.granted:  # granted between the timeout and this lock
                 return True
-            self._queue.remove(waiter)
+            if waiter in self._queue:
+                self._queue.remove(waiter)
             self._grant()  # a heavy waiter leaving may unblock light ones behind it
             return False
+
+    def _displace_for(self, flow: str) -> bool:
+        """The newest waiter of the largest flow gives up its place, if that flow has more waiters
+        than ``flow`` (whose newcomer is already queued); caller holds the lock."""
+        counts: dict[str, int] = {}
+        for w in self._queue:
+            counts[w.flow] = counts.get(w.flow, 0) + 1
+        largest = max(counts, key=lambda f: counts[f])
+        if counts[largest] <= counts[flow]:
+            return False
+        victim = next(w for w in reversed(self._queue) if w.flow == largest)
+        self._queue.remove(victim)
+        victim.event.set()  # not granted: its wait returns False
+        return True
 
     def _grant(self) -> None:
         """Wake waiters that may run while slots are free: each time the one whose flow was served

@@ -11,8 +11,9 @@ the time spent waiting is taken from the request's deadline (``remaining_s``).
 
 Waiting requests are queued per flow (:func:`flow_of`: the dashboard Grafana names in
 ``X-Dashboard-Uid``, else the user in ``X-Grafana-User``, else the client's address): a freed slot
-goes to the flow served longest ago, and one flow may hold at most half of the waiting places,
-so a dashboard of forty panels opened at once neither delays nor sheds another dashboard's panel.
+goes to the flow served longest ago, and when the waiting places are full the flow with the most
+waiters gives one up to a newcomer of a smaller flow, so a dashboard of forty panels opened at
+once neither delays nor sheds another dashboard's panel (while alone, it may use every place).
 
 Training (a view fetched for the first time, weeks of history fetched, models fitted) may hold at most ``max_inflight -
 server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`): a request that finds it
@@ -72,7 +73,6 @@ def make_slots(settings: Settings) -> Slots:
 
 def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, slots: Slots) -> None:
     inflight, queue = slot_counts(settings)
-    per_flow = max(1, queue // 2)
     training = threading.local()
 
     def shed(why: str) -> Overloaded:
@@ -87,16 +87,10 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, 
         if request.path in UNMETERED or request.url_rule is None:
             return
         g.flow = flow = flow_of(request.headers, request.remote_addr)
-        if slots.acquire(0, flow):
-            g.admitted = True
-            return
-        if slots.waiting >= queue:
-            raise shed(f"this process is scoring {slots.running} requests and {slots.waiting} more wait")
-        if slots.waiting_in(flow) >= per_flow:
-            raise shed(f"{per_flow} requests of the same dashboard or client already wait (half of the waiting "
-                       "places: the others are kept for other dashboards)")
-        if not slots.acquire(settings.server.queue_wait_s, flow):
-            raise shed(f"no scoring slot of this process freed within {settings.server.queue_wait_s:g}s")
+        if not slots.acquire(settings.server.queue_wait_s, flow, max_waiting=queue):
+            raise shed(f"no scoring slot of this process freed in time ({slots.running} scoring, {slots.waiting} "
+                       f"waiting, at most {settings.server.queue_wait_s:g}s each; when every waiting place is "
+                       "taken, the dashboard or client with the most requests waiting gives places up first)")
         g.admitted = True
 
     @app.teardown_request
