@@ -117,11 +117,12 @@ class Stack:
 
 
 def panel(url: str, body: dict, n_series: int, session: requests.Session | None = None, *,
-          check: bool = True) -> tuple[float, int, int]:
-    """One panel query: (seconds, status, bytes on the wire); ``check``: parse and check the frames."""
+          check: bool = True, dashboard: str | None = None) -> tuple[float, int, int]:
+    """One panel query: (seconds, status, bytes on the wire); ``check``: parse and check the frames;
+    ``dashboard``: the ``X-Dashboard-Uid`` Grafana sends with a dashboard panel's queries."""
     t0 = time.perf_counter()
-    r = (session or requests).post(f"{url}/json/query", json=body, timeout=60, headers={"Accept-Encoding": "gzip"},
-                                   stream=True)
+    headers = {"Accept-Encoding": "gzip", **({"X-Dashboard-Uid": dashboard} if dashboard else {})}
+    r = (session or requests).post(f"{url}/json/query", json=body, timeout=60, headers=headers, stream=True)
     raw = r.raw.read(decode_content=False)
     elapsed = time.perf_counter() - t0
     if r.status_code == 200 and check:
@@ -185,7 +186,7 @@ def measure_concurrency(stack: Stack, model: str, n_panels: int, duration_s: flo
             try:
                 t0 = time.monotonic()
                 # Not parsed: the client shares the machine's two cores with the service.
-                seconds, status, _ = panel(url, body, 1, session, check=False)
+                seconds, status, _ = panel(url, body, 1, session, check=False, dashboard=f"dashboard-{j % len(exprs)}")
                 with lock:
                     latencies.append((t0, seconds))
                     if status != 200:
