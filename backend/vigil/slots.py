@@ -7,7 +7,8 @@ so ``total - heavy`` are always left for light work: a dashboard refresh is neve
 cold starts. Waiters belong to a **flow** (a dashboard, a client): a freed slot goes to the flow
 served longest ago, first come first served within it, among the waiters that may run (a light
 request passes heavy ones that wait for a heavy share; never the other way round). So a dashboard
-of forty panels opened at once does not make a one-panel dashboard wait behind all forty.
+of forty panels opened at once does not make a one-panel dashboard wait behind all forty; and
+when the waiting places are full (``max_waiting``), the flow with the most waiters gives one up.
 
 A request takes a light slot when admitted; when it finds it has to train, it asks for a heavy
 share (:meth:`Slots.heavy`): granted at once when one is free, else it gives its slot back while it

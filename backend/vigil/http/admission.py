@@ -3,8 +3,8 @@
 A process has ``server.threads`` threads. At most ``server.max_inflight`` of them score at once
 (default: 4, or half the threads if fewer: scoring is CPU-bound and one process runs one thread of
 Python at a time, so more slots only slow every answer down; identical queries wait on one
-another's work, not on a slot's CPU); up to ``threads - max_inflight - 1`` more requests may wait for a slot,
-at most ``server.queue_wait`` each; anything beyond is answered 429 with ``Retry-After`` at once.
+another's work, not on a slot's CPU); up to ``threads - max_inflight - 1`` more requests may wait
+for a slot, at most ``server.queue_wait`` each; anything beyond is answered 429 with ``Retry-After`` at once.
 So at least one thread is always free for ``/healthz``, ``/readyz`` and the cheap routes in
 ``UNMETERED``, which never take a slot, and nothing queues past Grafana's 30 s proxy timeout:
 the time spent waiting is taken from the request's deadline (``remaining_s``).
@@ -15,10 +15,10 @@ goes to the flow served longest ago, and when the waiting places are full the fl
 waiters gives one up to a newcomer of a smaller flow, so a dashboard of forty panels opened at
 once neither delays nor sheds another dashboard's panel (while alone, it may use every place).
 
-Training (a view fetched for the first time, weeks of history fetched, models fitted) may hold at most ``max_inflight -
-server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`): a request that finds it
-must train calls ``heavy_work()`` (the pipeline does, through its ``heavy_work`` hook), so cold
-panels never stall the refreshes of panels whose models are stored.
+Training (a view fetched for the first time, weeks of history fetched, models fitted) may hold
+at most ``max_inflight - server.reserved_light_slots`` of the slots (:class:`vigil.slots.Slots`):
+a request that finds it must train calls ``heavy_work()`` (the pipeline does, through its
+``heavy_work`` hook), so cold panels never stall the refreshes of panels whose models are stored.
 Must not: know what a request does beyond its path.
 """
 
@@ -36,7 +36,8 @@ from vigil.errors import Overloaded, UpstreamTimeout
 from vigil.http.telemetry import ServiceMetrics
 from vigil.slots import Slots, SlotTimeout
 
-__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots", "flow_of", "slots_of"]
+__all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots",
+           "flow_of", "slots_of"]
 
 #: requests scored at once by default (``server.max_inflight``)
 DEFAULT_INFLIGHT = 4
