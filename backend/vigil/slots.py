@@ -64,11 +64,6 @@ class Slots:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def waiting_in(self, flow: str) -> int:
-        """Waiters of ``flow``."""
-        with self._lock:
-            return sum(1 for w in self._queue if w.flow == flow)
-
     def acquire(self, timeout_s: float | None, flow: str = "", *, max_waiting: int | None = None) -> bool:
         """A light slot within ``timeout_s`` (None: wait as long as it takes); False when none freed.
 

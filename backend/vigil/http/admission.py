@@ -37,7 +37,7 @@ from vigil.http.telemetry import ServiceMetrics
 from vigil.slots import Slots, SlotTimeout
 
 __all__ = ["register_admission", "remaining_s", "UNMETERED", "slot_counts", "DEFAULT_INFLIGHT", "make_slots",
-           "flow_of", "slots_of"]
+           "flow_of"]
 
 #: requests scored at once by default (``server.max_inflight``)
 DEFAULT_INFLIGHT = 4
@@ -129,12 +129,7 @@ def register_admission(app: Flask, settings: Settings, metrics: ServiceMetrics, 
                              retry_after_s=settings.server.retry_after_s) from None
 
     app.extensions["vigil.detection"].heavy_work = heavy_work
-    app.extensions["vigil.slots"] = slots
-
-
-def slots_of(app: Flask) -> Slots:
-    """The process's slots (tests, diagnostics)."""
-    return app.extensions["vigil.slots"]
+    app.extensions["vigil.slots"] = slots  # (tests, diagnostics)
 
 
 def remaining_s(where: str) -> float:
